@@ -1,0 +1,537 @@
+"""AlexNet (Krizhevsky, Sutskever, Hinton 2012) as a Flax NNX module with explicit towers.
+
+Every tower layer stores its parameters stacked on a leading axis of size `towers`:
+conv kernels are (towers, kh, kw, in, out), dense kernels (towers, in, out), biases
+(towers, out). That axis is sharded over the mesh's `tower` axis, and the forward pass runs
+under `jax.shard_map`: each device computes the towers it holds, one after the other, with
+plain (ungrouped) convolutions, and the only collective is `sharding.gather_towers` at the
+paper's four cross-tower links (the inputs of conv3, fc6, fc7 and fc8).
+
+Channel order wherever towers are concatenated is tower-major (tower 0's channels first), and
+dense inputs are flattened in (H, W, C) order; `weights.py` converts to PyTorch's layouts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from alexnet_jax import sharding
+from alexnet_jax import variants
+
+CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+FC_LAYERS = ('fc6', 'fc7', 'fc8')
+LAYERS = CONV_LAYERS + FC_LAYERS
+# Layers whose input is every tower's output: the paper's cross-tower connections.
+CROSS_TOWER_LAYERS = ('conv3', 'fc6', 'fc7', 'fc8')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A validated, hashable model configuration (see `variants.paper` for every field)."""
+  variant: str
+  num_classes: int
+  image_size: int
+  towers: int
+  conv_filters: tuple[int, ...]
+  fc_units: int
+  width: float
+  conv1_kernel: int
+  conv1_stride: int
+  conv1_padding: int
+  conv1_ceil_mode: bool
+  pool_window: int
+  pool_stride: int
+  adaptive_pool: int
+  activation: str
+  lrn: bool
+  lrn_size: int
+  lrn_alpha: float
+  lrn_beta: float
+  lrn_k: float
+  lrn_alpha_over_n: bool
+  lrn_across_towers: bool
+  lrn1_before_relu: bool
+  extra_norm2: bool
+  dropout_rate: float
+  dropout_inverted: bool
+  dropout_before_fc: bool
+  cross_tower: bool
+  fc8_per_tower: bool
+  weight_std: tuple[float, ...]
+  bias_init: tuple[float, ...]
+  pytorch_init: bool
+  compute_dtype: str
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict | dict | ModelSpec) -> ModelSpec:
+    if isinstance(config, ModelSpec):
+      return config
+    d = dict(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
+    base = variants.model_config(d.get('variant', 'paper')).to_dict()
+    unknown = sorted(set(d) - set(base))
+    if unknown:
+      raise ValueError(f'model.{unknown[0]}: unknown model field')
+    base.update(d)
+    base = {k: tuple(v) if isinstance(v, list) else v for k, v in base.items()}
+    spec = cls(**base)
+    spec.validate()
+    return spec
+
+  def validate(self) -> None:
+    def fail(field, why):
+      raise ValueError(f'model.{field}: {why}')
+
+    if self.towers not in (1, 2):
+      fail('towers', f'must be 1 or 2, got {self.towers}')
+    if len(self.conv_filters) != 5:
+      fail('conv_filters', f'needs 5 values (conv1..conv5), got {len(self.conv_filters)}')
+    for field in ('weight_std', 'bias_init'):
+      if len(getattr(self, field)) != 8:
+        fail(field, 'needs 8 values (conv1..fc8)')
+    if self.num_classes < 1:
+      fail('num_classes', f'must be positive, got {self.num_classes}')
+    if self.width <= 0:
+      fail('width', f'must be positive, got {self.width}')
+    if self.activation not in ('relu', 'tanh'):
+      fail('activation', f"must be 'relu' or 'tanh', got {self.activation!r}")
+    if not 0 <= self.dropout_rate < 1:
+      fail('dropout_rate', f'must be in [0, 1), got {self.dropout_rate}')
+    if self.compute_dtype not in DTYPES:
+      fail('compute_dtype', f'must be one of {tuple(DTYPES)}, got {self.compute_dtype!r}')
+    if self.conv1_padding < 0:
+      fail('conv1_padding', f'must be >= 0, got {self.conv1_padding}')
+    if self.lrn and self.lrn_size < 1:
+      fail('lrn_size', f'must be >= 1, got {self.lrn_size}')
+    if self.fc8_per_tower and self.towers > 1 and self.num_classes % self.towers:
+      fail('fc8_per_tower', f'{self.num_classes} classes cannot be split over {self.towers} '
+           'towers; set model.fc8_per_tower=False')
+    for name, width in zip(CONV_LAYERS + ('fc6',), self.conv_widths + (self.fc_width,)):
+      if width < self.towers:
+        fail('width', f'{name} would have {width} units, fewer than the towers')
+    self.feature_sizes()  # Raises if the image is too small for the net.
+
+  # ---- Derived shapes ----------------------------------------------------------------------
+
+  def _scaled(self, n: int) -> int:
+    """n * width, rounded to a multiple of the tower count."""
+    return max(1, round(n * self.width / self.towers)) * self.towers
+
+  @property
+  def conv_widths(self) -> tuple[int, ...]:
+    return tuple(self._scaled(n) for n in self.conv_filters)
+
+  @property
+  def fc_width(self) -> int:
+    return self._scaled(self.fc_units)
+
+  @property
+  def conv1_pads(self) -> tuple[int, int]:
+    """(low, high) zero padding of conv1 on each spatial axis."""
+    p = self.conv1_padding
+    if not self.conv1_ceil_mode:
+      return p, p
+    # ceil((n - k) / s) + 1 output columns, the last ones reading zeros past the far edge.
+    k, s, n = self.conv1_kernel, self.conv1_stride, self.image_size + 2 * p
+    out = -(-(n - k) // s) + 1
+    return p, p + max(0, (out - 1) * s + k - n)
+
+  def feature_sizes(self) -> dict[str, int]:
+    """Spatial side after each stage, raising if the image is too small for the net."""
+    lo, hi = self.conv1_pads
+    sizes = {'conv1': (self.image_size + lo + hi - self.conv1_kernel) // self.conv1_stride + 1}
+
+    def pool(name, n):
+      if n < self.pool_window:
+        raise ValueError(f'model.image_size: {self.image_size} is too small for the net: '
+                         f'{name} gets a {n}x{n} map, smaller than its {self.pool_window}x'
+                         f'{self.pool_window} window')
+      return (n - self.pool_window) // self.pool_stride + 1
+
+    if sizes['conv1'] < 1:
+      raise ValueError(f'model.image_size: {self.image_size} is smaller than conv1\'s kernel')
+    sizes['pool1'] = pool('pool1', sizes['conv1'])
+    sizes['pool2'] = pool('pool2', sizes['pool1'])
+    sizes['pool5'] = pool('pool5', sizes['pool2'])
+    sizes['fc6_in'] = self.adaptive_pool or sizes['pool5']
+    return sizes
+
+  @property
+  def fc6_inputs(self) -> int:
+    """Features entering fc6: H * W * conv5 channels (9216 for the paper's net)."""
+    return self.feature_sizes()['fc6_in'] ** 2 * self.conv_widths[4]
+
+  def stacks(self, layer: str) -> int:
+    """How many tower stacks a layer has: `towers`, or 1 for the code's single fc8."""
+    if layer == 'fc8' and not self.fc8_per_tower:
+      return 1
+    return self.towers
+
+  def reads_all_towers(self, layer: str) -> bool:
+    if layer == 'conv1':
+      return True  # The whole image, in every tower.
+    if layer == 'fc8':
+      return True  # The classifier always sees both towers.
+    return layer in CROSS_TOWER_LAYERS and self.cross_tower
+
+  def kernel_shape(self, layer: str) -> tuple[int, ...]:
+    """One tower's kernel shape: (kh, kw, in, out) or (in, out)."""
+    t = self.towers
+    convs = self.conv_widths
+    fc = self.fc_width
+    stacks = self.stacks(layer)
+    share = 1 if self.reads_all_towers(layer) else t
+    if layer == 'conv1':
+      return (self.conv1_kernel, self.conv1_kernel, 3, convs[0] // t)
+    if layer in CONV_LAYERS:
+      i = CONV_LAYERS.index(layer)
+      k = 5 if layer == 'conv2' else 3
+      return (k, k, convs[i - 1] // share, convs[i] // t)
+    if layer == 'fc6':
+      return (self.fc6_inputs // share, fc // t)
+    if layer == 'fc7':
+      return (fc // share, fc // t)
+    return (fc, self.num_classes // stacks)  # fc8
+
+  def param_count(self) -> int:
+    return sum(self.stacks(l) * (math.prod(self.kernel_shape(l)) + self.kernel_shape(l)[-1])
+               for l in LAYERS)
+
+  def dropout_sites(self) -> dict[str, tuple[int, ...]]:
+    """One tower's activation shape at each dropout site (the masks' trailing shape)."""
+    if self.dropout_rate == 0:
+      return {}
+    per_tower = self.fc_width // self.towers
+    if self.dropout_before_fc:
+      side = self.feature_sizes()['fc6_in']
+      return {'fc6': (side, side, self.conv_widths[4] // self.towers), 'fc7': (per_tower,)}
+    return {'fc6': (per_tower,), 'fc7': (per_tower,)}
+
+
+# ---- Layers -----------------------------------------------------------------------------------
+
+
+def local_response_norm(x: jax.Array, *, size: int, alpha: float, beta: float, k: float,
+                        alpha_over_n: bool) -> jax.Array:
+  """b_c = a_c / (k + alpha' * sum_{|j-c| <= size//2} a_j^2) ** beta over the channel axis.
+
+  alpha' is alpha/size when `alpha_over_n` (the code's convention), else alpha (the text's).
+  The window sum is a product with a banded 0/1 matrix: one small matmul, fast on every
+  backend and with a cheap gradient.
+  """
+  c = x.shape[-1]
+  idx = np.arange(c)
+  lo = idx - size // 2
+  band = ((idx[:, None] >= lo[None, :]) & (idx[:, None] < lo[None, :] + size)).astype(np.float32)
+  x32 = x.astype(jnp.float32)
+  window = jnp.einsum('...c,cd->...d', x32 * x32, band)
+  scale = alpha / size if alpha_over_n else alpha
+  return (x32 * (k + scale * window) ** -beta).astype(x.dtype)
+
+
+def within_map_norm(x: jax.Array, *, size: int = 5, scale: float = 1e-3, beta: float = 0.75,
+                    k: float = 1.0) -> jax.Array:
+  """cuda-convnet's extra normalization after LRN2 (paper.md s2.4), within each map.
+
+  b = a / (k + scale/size^2 * sum over a size x size spatial window of a^2) ** beta; like
+  the code's cross-map LRN, the scale is divided by the number of terms in the window.
+  """
+  x32 = x.astype(jnp.float32)
+  window = jax.lax.reduce_window(x32 * x32, 0., jax.lax.add, (1, size, size, 1), (1, 1, 1, 1),
+                                 'SAME')
+  return (x32 * (k + scale / size**2 * window) ** -beta).astype(x.dtype)
+
+
+def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                               (1, stride, stride, 1), 'VALID')
+
+
+def adaptive_avg_pool(x: jax.Array, out: int) -> jax.Array:
+  """PyTorch's AdaptiveAvgPool2d: bin i averages rows floor(i*n/out) .. ceil((i+1)*n/out)-1."""
+  n = x.shape[1]
+  if n == out:
+    return x
+  m = np.zeros((out, n), np.float32)
+  for i in range(out):
+    a, b = (i * n) // out, -(-((i + 1) * n) // out)
+    m[i, a:b] = 1.0 / (b - a)
+  m = jnp.asarray(m, x.dtype)
+  return jnp.einsum('bhwc,ih,jw->bijc', x, m, m)
+
+
+def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, stride: int = 1,
+         padding) -> jax.Array:
+  y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y + bias
+
+
+# ---- The tower-parallel forward pass (runs inside shard_map) ---------------------------------
+
+
+def _concat_towers(hs: list[jax.Array], *, replicated: bool = False) -> jax.Array:
+  """Local towers' activations -> every tower's, concatenated tower-major on channels."""
+  everyone = sharding.gather_towers(jnp.stack(hs), replicated=replicated)  # (towers, B, ..., C)
+  return jnp.concatenate(list(everyone), axis=-1)
+
+
+# Points of the forward pass that `AlexNet.features` can return: conv and fc outputs after
+# their activation (before LRN, pooling or dropout), pool5, and the logits.
+FEATURES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7', 'logits')
+
+
+def forward_towers(spec: ModelSpec, params: dict[str, tuple[jax.Array, jax.Array]],
+                   images: jax.Array, masks: dict[str, jax.Array], *, train: bool,
+                   stop_at: str = 'logits') -> jax.Array:
+  """The forward pass over the towers held by this device, up to the point `stop_at`.
+
+  params: layer -> (kernel (stacks_local, ...), bias (stacks_local, out));
+  images: (B_local, H, W, 3); masks: site -> (B_local, towers_local, ...) keep-masks.
+  Returns (B_local, classes held here) logits, or at another point every tower's
+  activations concatenated tower-major on the last axis.
+  """
+  for name, h in _tower_stages(spec, params, images, masks, train=train):
+    if name == stop_at:
+      return h if name == 'logits' else _concat_towers(h, replicated=True)
+  raise ValueError(f'features: unknown point {stop_at!r}; choose one of {FEATURES}')
+
+
+def _tower_stages(spec, params, images, masks, *, train):
+  """Yields (point, activations): a list over local towers, or the logits array at the end."""
+  dtype = DTYPES[spec.compute_dtype]
+  act = jax.nn.relu if spec.activation == 'relu' else jnp.tanh
+  keep = 1.0 - spec.dropout_rate
+  x = images.astype(dtype)
+  local = params['conv1'][0].shape[0]
+
+  def weights(layer):
+    kernel, bias = params[layer]
+    return kernel.astype(dtype), bias.astype(dtype)
+
+  def lrn(hs):
+    norm = functools.partial(local_response_norm, size=spec.lrn_size, alpha=spec.lrn_alpha,
+                             beta=spec.lrn_beta, k=spec.lrn_k,
+                             alpha_over_n=spec.lrn_alpha_over_n)
+    if not spec.lrn_across_towers:
+      return [norm(h) for h in hs]
+    # Caffe normalizes across all channels: the window straddles the towers' boundary.
+    full = norm(_concat_towers(hs))
+    per_tower = full.reshape(full.shape[:-1] + (spec.towers, -1))
+    mine = jax.lax.dynamic_slice_in_dim(per_tower, sharding.tower_index(local), local, axis=-2)
+    return [mine[..., t, :] for t in range(local)]
+
+  def dropout(site, hs):
+    if site not in spec.dropout_sites():
+      return hs
+    if not train:
+      return hs if spec.dropout_inverted else [h * keep for h in hs]
+    scale = 1.0 / keep if spec.dropout_inverted else 1.0
+    m = masks[site]
+    return [jnp.where(m[:, t], h * scale, 0).astype(h.dtype) for t, h in enumerate(hs)]
+
+  def conv_layer(layer, inputs, **kw):
+    kernel, bias = weights(layer)
+    return [conv(h, kernel[t], bias[t], **kw) for t, h in enumerate(inputs)]
+
+  def pool(hs):
+    return [max_pool(h, spec.pool_window, spec.pool_stride) for h in hs]
+
+  def tower_inputs(layer, hs):
+    """The input of each local tower's `layer`: its own, or all towers' (a cross link)."""
+    if spec.reads_all_towers(layer):
+      return [_concat_towers(hs)] * local
+    return hs
+
+  # conv1: every tower sees the whole image.
+  lo, hi = spec.conv1_pads
+  h = conv_layer('conv1', [x] * local, stride=spec.conv1_stride, padding=((lo, hi), (lo, hi)))
+  if spec.lrn and spec.lrn1_before_relu:
+    h = [act(a) for a in lrn(h)]  # The code: LRN on conv1's pre-activations (s2.3).
+  else:
+    h = [act(a) for a in h]
+  yield 'conv1', h
+  h = lrn(h) if spec.lrn and not spec.lrn1_before_relu else h
+  h = pool(h)
+
+  h = [act(a) for a in conv_layer('conv2', h, padding='SAME')]
+  yield 'conv2', h
+  h = lrn(h) if spec.lrn else h
+  h = [within_map_norm(a) for a in h] if spec.extra_norm2 else h
+  h = pool(h)
+
+  for layer in ('conv3', 'conv4', 'conv5'):
+    h = [act(a) for a in conv_layer(layer, tower_inputs(layer, h), padding='SAME')]
+    yield layer, h
+  h = pool(h)
+  if spec.adaptive_pool:
+    h = [adaptive_avg_pool(a, spec.adaptive_pool) for a in h]
+  yield 'pool5', h
+
+  # Dropout sites: the outputs of fc6 and fc7 (paper), or the inputs of fc6 and fc7
+  # (torchvision); `dropout_sites` names each by the layer it follows or precedes.
+  if spec.dropout_before_fc:
+    h = dropout('fc6', h)
+  for layer in ('fc6', 'fc7'):
+    inputs = tower_inputs(layer, h)
+    kernel, bias = weights(layer)
+    h = [act(a.reshape(a.shape[0], -1) @ kernel[t] + bias[t]) for t, a in enumerate(inputs)]
+    yield layer, h
+    if not spec.dropout_before_fc:
+      h = dropout(layer, h)
+    elif layer == 'fc6':
+      h = dropout('fc7', h)
+
+  # fc8 reads every tower; split over the towers (paper) or a single layer (the code).
+  kernel, bias = weights('fc8')
+  features = _concat_towers(h, replicated=kernel.shape[0] == 1)
+  logits = [features @ kernel[t] + bias[t] for t in range(kernel.shape[0])]
+  yield 'logits', jnp.concatenate(logits, axis=-1).astype(jnp.float32)
+
+
+# ---- The module -------------------------------------------------------------------------------
+
+
+class TowerLayer(nnx.Module):
+  """A conv or dense layer stacked over towers: kernel (stacks, *shape), bias (stacks, out)."""
+
+  def __init__(self, kernel: jax.Array, bias: jax.Array, mesh: Mesh):
+    out = sharding.named(mesh, sharding.tower_param_spec(kernel.shape[0], mesh))
+    self.kernel = nnx.Param(jax.sharding.reshard(kernel, out))
+    self.bias = nnx.Param(jax.sharding.reshard(bias, out))
+
+
+def initial_params(spec: ModelSpec, key: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """The paper's init: kernels ~ N(0, std^2), constant biases (or PyTorch's default init).
+
+  All draws come from one flat vector: one random-number program compiles in a fraction of
+  the time of one per layer, and the values do not depend on the mesh.
+  """
+  shapes = {l: ((spec.stacks(l), *spec.kernel_shape(l)), (spec.stacks(l), spec.kernel_shape(l)[-1]))
+            for l in LAYERS}
+  sizes = [math.prod(s) for l in LAYERS for s in shapes[l]]
+  if spec.pytorch_init:
+    flat = jax.random.uniform(key, (sum(sizes),), minval=-1.0, maxval=1.0)
+  else:
+    flat = jax.random.normal(key, (sum(sizes),))
+  pieces = iter(jnp.split(flat, np.cumsum(sizes)[:-1]))
+  params = {}
+  for i, layer in enumerate(LAYERS):
+    kshape, bshape = shapes[layer]
+    kernel, bias = next(pieces).reshape(kshape), next(pieces).reshape(bshape)
+    if spec.pytorch_init:
+      # torch.nn's default: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)), bias likewise.
+      bound = 1.0 / math.sqrt(math.prod(kshape[1:-1]))
+      params[layer] = (bound * kernel, bound * bias)
+    else:
+      params[layer] = (spec.weight_std[i] * kernel, jnp.full(bshape, spec.bias_init[i]))
+  return params
+
+
+class AlexNet(nnx.Module):
+  """AlexNet with its towers on a (data, tower) mesh.
+
+  `model(images_NHWC)` returns logits (B, num_classes); with `train=True` pass
+  `dropout_key`. Images are float, mean-subtracted, batch divisible by the mesh's data axis.
+  """
+
+  def __init__(self, spec: ModelSpec, *, mesh: Mesh, key: jax.Array):
+    if spec.towers == 1 and sharding.tower_size(mesh) != 1:
+      raise ValueError(f'mesh: the {spec.variant!r} net has one tower; build the mesh with '
+                       'sharding.make_mesh(towers=1)')
+    self.spec = spec
+    self.mesh = mesh
+    for layer, (kernel, bias) in initial_params(spec, key).items():
+      setattr(self, layer, TowerLayer(kernel, bias, mesh))
+
+  def layer(self, name: str) -> TowerLayer:
+    return getattr(self, name)
+
+  def __call__(self, images_NHWC: jax.Array, *, train: bool = False,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Logits (B, num_classes); `train=True` applies dropout drawn from `dropout_key`."""
+    self._check_images(images_NHWC)
+    train = bool(train and self.spec.dropout_sites())
+    if train and dropout_key is None:
+      raise ValueError('model(train=True) needs dropout_key')
+    if train:  # On the mesh, so the masks are drawn there, shard by shard.
+      dropout_key = jax.device_put(dropout_key, sharding.named(self.mesh, sharding.REPLICATED))
+    return _apply(self.spec, self.mesh, 'logits', self._params(), images_NHWC,
+                  dropout_key if train else None)
+
+  def features(self, images_NHWC: jax.Array, point: str = 'fc7') -> jax.Array:
+    """Evaluation-mode activations at `point` (one of FEATURES), all towers concatenated
+    tower-major on the last axis: (B, H, W, C) for conv points and pool5, (B, units) for fc."""
+    if point not in FEATURES:
+      raise ValueError(f'features: unknown point {point!r}; choose one of {FEATURES}')
+    self._check_images(images_NHWC)
+    return _apply(self.spec, self.mesh, point, self._params(), images_NHWC, None)
+
+  def _params(self):
+    return {l: (self.layer(l).kernel[...], self.layer(l).bias[...]) for l in LAYERS}
+
+  def _check_images(self, images_NHWC):
+    spec, mesh = self.spec, self.mesh
+    b, hgt, wid, ch = images_NHWC.shape
+    if (hgt, wid, ch) != (spec.image_size, spec.image_size, 3):
+      raise ValueError(f'images: expected (batch, {spec.image_size}, {spec.image_size}, 3), '
+                       f'got {tuple(images_NHWC.shape)}')
+    if b % sharding.data_size(mesh):
+      raise ValueError(f'images: batch {b} is not divisible by the mesh\'s data axis '
+                       f'({sharding.data_size(mesh)})')
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _apply(spec: ModelSpec, mesh: Mesh, stop_at: str, params, images_NHWC, dropout_key):
+  """The shard_mapped forward pass; jitted so that eager calls compile once."""
+  masks = {}
+  if dropout_key is not None:
+    # Drawn in the global view: a key gives the same masks on every mesh.
+    out = sharding.named(mesh, sharding.BATCH_BY_TOWER)
+    keep = 1.0 - spec.dropout_rate
+    batch = images_NHWC.shape[0]
+    masks = {site: jax.random.bernoulli(jax.random.fold_in(dropout_key, i), keep,
+                                        (batch, spec.towers, *shape), out_sharding=out)
+             for i, (site, shape) in enumerate(sorted(spec.dropout_sites().items()))}
+  param_specs = {l: (sharding.tower_param_spec(spec.stacks(l), mesh),) * 2 for l in LAYERS}
+  # Split fc8 leaves each tower's classes on its devices; everything else is whole per tower.
+  split_logits = stop_at == 'logits' and spec.stacks('fc8') > 1
+  fn = jax.shard_map(
+      functools.partial(forward_towers, spec, train=dropout_key is not None, stop_at=stop_at),
+      mesh=mesh,
+      in_specs=(param_specs, sharding.BATCH, {k: sharding.BATCH_BY_TOWER for k in masks}),
+      out_specs=sharding.BATCH_BY_TOWER if split_logits else sharding.BATCH)
+  return fn(params, sharding.shard_batch(images_NHWC, mesh), masks)
+
+
+def create_model(model_config: Any = None, *, mesh: Mesh | None = None, seed: int = 0) -> AlexNet:
+  """The model described by `model_config` (a variant name, ConfigDict, dict or ModelSpec).
+
+  Parameters are created already placed: tower weights on their towers' devices of `mesh`.
+  Without a mesh, one device holds and runs both towers. The same seed gives the same
+  weights on every mesh.
+  """
+  if model_config is None or isinstance(model_config, str):
+    model_config = variants.model_config(model_config or 'paper')
+  spec = ModelSpec.from_config(model_config)
+  if mesh is None:
+    mesh = sharding.single_device_mesh()
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: AlexNet(spec, mesh=mesh, key=jax.random.key(0))))
+  with jax.set_mesh(mesh):
+    params = _init_params(spec, mesh, jax.random.key(seed))
+  return nnx.merge(graphdef, params)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_params(spec: ModelSpec, mesh: Mesh, key: jax.Array):
+  """One compiled program (per spec and mesh) draws every parameter straight into its shards."""
+  return nnx.state(AlexNet(spec, mesh=mesh, key=key))
