@@ -393,7 +393,7 @@ def _tower_stages(spec, params, images, masks, *, train):
 
   # fc8 reads every tower; split over the towers (paper) or a single layer (the code).
   kernel, bias = weights('fc8')
-  features = _concat_towers(h, replicated=kernel.shape[0] == 1)
+  features = _concat_towers(h, replicated=spec.stacks('fc8') == 1)
   logits = [features @ kernel[t] + bias[t] for t in range(kernel.shape[0])]
   yield 'logits', jnp.concatenate(logits, axis=-1).astype(jnp.float32)
 

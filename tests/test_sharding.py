@@ -1,0 +1,149 @@
+"""The towers on a mesh: placement, the paper's four cross-tower links, mesh equivalence."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import alexnet_jax
+from alexnet_jax import sharding
+from alexnet_jax import weights
+from conftest import small_config
+
+COLLECTIVE = re.compile(r'= .*? (all-gather|all-reduce|reduce-scatter|collective-permute|'
+                        r'all-to-all|collective-broadcast)(?:-start)?\(.*?'
+                        r'replica_groups=(\{(?:\{[\d,]*\},?)*\}|\S+)')
+
+
+def test_make_mesh_shapes():
+  devices = jax.devices()
+  assert dict(sharding.make_mesh(2).shape) == {'data': 2, 'tower': 2}
+  assert dict(sharding.make_mesh(1).shape) == {'data': 4, 'tower': 1}
+  assert dict(sharding.make_mesh(2, devices=devices[:1]).shape) == {'data': 1, 'tower': 1}
+  assert dict(sharding.make_mesh(2, devices=devices[:2]).shape) == {'data': 1, 'tower': 2}
+  assert dict(sharding.make_mesh(2, devices=devices[:3]).shape) == {'data': 3, 'tower': 1}
+  assert all(t == jax.sharding.AxisType.Explicit for t in sharding.make_mesh(2).axis_types)
+  with pytest.raises(ValueError, match='mesh: data=3'):
+    sharding.make_mesh(2, data=3)
+
+
+def test_tower_weights_live_only_on_their_towers_devices():
+  mesh = sharding.make_mesh(2)
+  m = alexnet_jax.create_model(small_config(), mesh=mesh)
+  tower_of = {d: t for row in mesh.devices for t, d in enumerate(row)}
+  for layer in ('conv1', 'conv2', 'conv3', 'fc6', 'fc8'):
+    kernel = m.layer(layer).kernel[...]
+    full = np.asarray(kernel)
+    for shard in kernel.addressable_shards:
+      t = tower_of[shard.device]
+      assert shard.data.shape == (1, *full.shape[1:]), layer
+      np.testing.assert_array_equal(np.asarray(shard.data)[0], full[t], err_msg=layer)
+  # The code's single fc8 is replicated: each tower device holds all of it.
+  single = alexnet_jax.create_model(small_config(fc8_per_tower=False), mesh=mesh)
+  assert all(s.data.shape == single.fc8.kernel.shape
+             for s in single.fc8.kernel[...].addressable_shards)
+
+
+def collectives(compiled_text, mesh):
+  """[(op, 'tower' | 'data' | groups)] of every collective in an HLO module's text."""
+  ids = np.vectorize(lambda d: d.id)(mesh.devices)  # (data, tower)
+  text = lambda groups: '{' + ','.join('{%s}' % ','.join(map(str, g)) for g in groups) + '}'
+  names = {text(ids): 'tower', text(ids.T): 'data'}
+  return [(op, names.get(groups, groups)) for op, groups in COLLECTIVE.findall(compiled_text)]
+
+
+@pytest.fixture(scope='module')
+def paper_on_2x2():
+  mesh = sharding.make_mesh(2)
+  return alexnet_jax.create_model('paper', mesh=mesh), mesh
+
+
+def test_forward_has_exactly_the_papers_four_cross_tower_links(paper_on_2x2):
+  m, mesh = paper_on_2x2
+  graphdef, state = nnx.split(m)
+  images = jax.ShapeDtypeStruct((4, 224, 224, 3), jnp.float32)
+  for train in (False, True):
+    fwd = lambda s, x, train=train: nnx.merge(graphdef, s)(
+        x, train=train, dropout_key=jax.random.key(0))
+    text = jax.jit(fwd).lower(state, images).compile().as_text()
+    ops = collectives(text, mesh)
+    assert ops == [('all-gather', 'tower')] * 4, ops
+    # ... at the inputs of conv3 (13x13x128 per tower), fc6 (6x6x128), fc7 and fc8 (2048).
+    shapes = re.findall(r'= f32\[([\d,]+)\]\S* all-gather\(', text)
+    assert sorted(shapes) == sorted(['2,2,13,13,128', '2,2,6,6,128', '2,2,2048', '2,2,2048'])
+
+
+def test_gradient_has_only_their_transposes_and_data_reductions(paper_on_2x2):
+  m, mesh = paper_on_2x2
+  graphdef, state = nnx.split(m)
+  images = jax.ShapeDtypeStruct((4, 224, 224, 3), jnp.float32)
+
+  def grads(s, x):
+    # A loss whose cotangent is the logits themselves: it lives where they live, so the
+    # only collectives left are the model's own.
+    logits = lambda s: nnx.merge(graphdef, s)(x, train=True, dropout_key=jax.random.key(0))
+    return jax.grad(lambda s: 0.5 * jnp.sum(logits(s) ** 2))(s)
+
+  ops = collectives(jax.jit(grads).lower(state, images).compile().as_text(), mesh)
+  kinds = sorted(set(ops))
+  assert kinds == [('all-gather', 'tower'), ('all-reduce', 'data'),
+                   ('reduce-scatter', 'tower')], ops
+  assert ops.count(('all-gather', 'tower')) == 4
+  assert ops.count(('reduce-scatter', 'tower')) == 4
+
+
+def test_single_fc8_needs_no_collective_in_its_gradient():
+  mesh = sharding.make_mesh(2)
+  m = alexnet_jax.create_model(small_config(fc8_per_tower=False), mesh=mesh)
+  graphdef, state = nnx.split(m)
+  images = jax.ShapeDtypeStruct((4, 63, 63, 3), jnp.float32)
+  loss = lambda s, x: nnx.merge(graphdef, s)(x).sum()
+  ops = collectives(jax.jit(jax.grad(loss)).lower(state, images).compile().as_text(), mesh)
+  assert ops.count(('all-gather', 'tower')) == 4
+  assert ops.count(('reduce-scatter', 'tower')) == 3  # conv3, fc6, fc7; fc8's is a slice.
+
+
+def relative_error(a, b):
+  return np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize('variant,meshes', [('paper', 3), ('cuda_convnet', 1), ('caffe', 1)])
+def test_logits_agree_on_every_mesh_and_with_a_grouped_conv_reference(variant, meshes):
+  pytest.importorskip('torch')
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  config = alexnet_jax.model_config(variant)
+  size = config.image_size
+  images = np.asarray(jax.random.normal(jax.random.key(1), (4, size, size, 3)))
+  m = alexnet_jax.create_model(config, seed=5)
+  want = torch_reference.reference_logits(m.spec, weights.state_dict(m), images)
+  devices = jax.devices()
+  for mesh in (sharding.make_mesh(2), sharding.make_mesh(2, devices=devices[:1]),
+               sharding.make_mesh(2, devices=devices[:2]))[:meshes]:
+    got = alexnet_jax.create_model(config, seed=5, mesh=mesh)(images)
+    assert relative_error(got, want) <= 1e-5, (variant, dict(mesh.shape))
+
+
+@pytest.mark.parametrize('variant,overrides', [
+    ('one_tower', {}), ('owt', {}), ('paper', dict(cross_tower=False)),
+    ('paper', dict(activation='tanh', lrn=False, pool_window=2)),
+    ('paper', dict(lrn_alpha_over_n=False, lrn_alpha=1e-2, dropout_inverted=True))])
+def test_variants_match_the_reference(variant, overrides):
+  pytest.importorskip('torch')
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  config = small_config(variant, **overrides)
+  images = np.asarray(jax.random.normal(jax.random.key(1), (4, 63, 63, 3)))
+  m = alexnet_jax.create_model(config, seed=2, mesh=sharding.make_mesh(config.towers))
+  want = torch_reference.reference_logits(m.spec, weights.state_dict(m), images)
+  assert relative_error(m(images), want) <= 1e-5
+
+
+def test_train_mode_is_the_same_on_every_mesh():
+  """Dropout masks are drawn in the global view: a key means the same masks anywhere."""
+  config = small_config()
+  images = jax.random.normal(jax.random.key(1), (4, 63, 63, 3))
+  outs = [np.asarray(alexnet_jax.create_model(config, mesh=sharding.make_mesh(2, devices=d))(
+      images, train=True, dropout_key=jax.random.key(9)))
+          for d in (jax.devices()[:1], jax.devices())]
+  np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
