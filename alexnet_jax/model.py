@@ -535,3 +535,19 @@ def create_model(model_config: Any = None, *, mesh: Mesh | None = None, seed: in
 def _init_params(spec: ModelSpec, mesh: Mesh, key: jax.Array):
   """One compiled program (per spec and mesh) draws every parameter straight into its shards."""
   return nnx.state(AlexNet(spec, mesh=mesh, key=key))
+
+
+def summary(model: AlexNet) -> str:
+  """A table of the layers: per-tower kernel, stacks, placement, parameters."""
+  spec = model.spec
+  rows = [('layer', 'kernel per tower', 'towers', 'reads', 'sharding', 'params')]
+  for layer in LAYERS:
+    p = model.layer(layer)
+    reads = 'all towers' if spec.reads_all_towers(layer) else 'own tower'
+    rows.append((layer, 'x'.join(map(str, p.kernel.shape[1:])), str(p.kernel.shape[0]), reads,
+                 str(p.kernel[...].sharding.spec), f'{p.kernel.size + p.bias.size:,}'))
+  rows.append(('total', '', '', '', '', f'{spec.param_count():,}'))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines = ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+  lines.insert(1, '  '.join('-' * w for w in widths))
+  return '\n'.join(lines)

@@ -23,15 +23,15 @@ def _conv(sd, name, x, stride=1, padding=0):
 
 
 def reference_logits(spec, state_dict, images_nhwc):
-  """Eval-mode logits of `spec`'s net with `state_dict`'s weights, in float64."""
-  sd = {k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in state_dict.items()}
+  """Eval-mode logits of `spec`'s net with `state_dict`'s weights (float32, NCHW)."""
+  sd = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in state_dict.items()}
   if spec.variant == 'owt':
     names = dict(conv1='features.0', conv2='features.3', conv3='features.6',
                  conv4='features.8', conv5='features.10', fc6='classifier.1',
                  fc7='classifier.4', fc8='classifier.6')
     sd = {f'{l}.{p}': sd[f'{k}.{p}'] for l, k in names.items() for p in ('weight', 'bias')}
   act = torch.relu if spec.activation == 'relu' else torch.tanh
-  x = torch.from_numpy(np.asarray(images_nhwc, np.float64)).permute(0, 3, 1, 2)
+  x = torch.from_numpy(np.array(images_nhwc, np.float32)).permute(0, 3, 1, 2)
   towers = spec.towers
 
   def lrn(h):
