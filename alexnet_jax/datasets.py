@@ -1,13 +1,104 @@
-"""Image sources that need no download."""
+"""Random-access image sources that grain reads by index, and their pixel statistics.
+
+Every source yields `(image (S, S, 3) uint8, label int)` with S = `data.image_size` (256 for
+ImageNet, as the paper stores it); crops to the net's input happen in `input_pipeline`.
+
+  digits    scikit-learn's 1797 real 8x8 digits (the embedded default, no download).
+  prepared  the output of `python -m alexnet_jax.prepare` (the fast path for real data).
+  folder    `path/<split>/<class>/*.jpg` read and resized on the fly.
+  tfds      a tensorflow-datasets dataset prepared under `path`, read with tfds.data_source.
+"""
 from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+import json
+import os
+
+import ml_collections
 
 import numpy as np
 from PIL import Image
 
-DIGITS_CLASSES = tuple(str(i) for i in range(10))
+from alexnet_jax import images
+from alexnet_jax import prepare
+
+SOURCES = ('digits', 'prepared', 'folder', 'tfds')
 DIGITS_TEST_FRACTION = 0.2  # A fixed 80/20 split of scikit-learn's 1797 digits.
 
+# ImageNet's RGB statistics in 0-255 units (paper.md s4): the code's per-axis lighting scales
+# (square roots of the covariance's eigenvalues) and eigenvectors (columns).
+IMAGENET_EIGVAL = (19.72**2, 37.09**2, 121.78**2)
+IMAGENET_EIGVEC = ((0.4180, -0.7126, -0.5635),
+                   (-0.8170, -0.0235, -0.5762),
+                   (0.3973, 0.7012, -0.5920))
+IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
+IMAGENET_STD_RGB = (58.39, 57.12, 57.38)
 
+
+class DataError(ValueError):
+  """A data configuration or directory that cannot work (one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+  """Pixel statistics of a training split (0-255 units)."""
+  classes: tuple[str, ...]
+  mean_rgb: tuple[float, ...] = IMAGENET_MEAN_RGB
+  std_rgb: tuple[float, ...] = IMAGENET_STD_RGB
+  eigval: tuple[float, ...] = IMAGENET_EIGVAL
+  eigvec: tuple[tuple[float, ...], ...] = IMAGENET_EIGVEC
+  mean_image: np.ndarray | None = dataclasses.field(default=None, compare=False)
+
+  @classmethod
+  def of_images(cls, classes, images_u8: np.ndarray) -> Stats:
+    pixels = images_u8.reshape(-1, 3).astype(np.float64)
+    s = prepare.pixel_statistics(images_u8.astype(np.float64).sum(0), pixels.sum(0),
+                                 pixels.T @ pixels, len(images_u8))
+    return cls.from_metadata(classes, s, images_u8.astype(np.float64).mean(0))
+
+  @classmethod
+  def from_metadata(cls, classes, meta: dict, mean_image: np.ndarray | None) -> Stats:
+    return cls(classes=tuple(classes), mean_rgb=tuple(meta['mean_rgb']),
+               std_rgb=tuple(meta['std_rgb']), eigval=tuple(meta['eigval']),
+               eigvec=tuple(map(tuple, meta['eigvec'])),
+               mean_image=None if mean_image is None else mean_image.astype(np.float32))
+
+
+class ArraySource:
+  """An in-memory source: images (N, S, S, 3) uint8 and labels (N,)."""
+
+  def __init__(self, images_u8: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images_u8, labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int):
+    return self.images[i], int(self.labels[i])
+
+
+def config() -> ml_collections.ConfigDict:
+  """The `data` section of a config: every field with its meaning."""
+  c = ml_collections.ConfigDict()
+  c.source = 'digits'  # One of SOURCES.
+  c.path = ''  # Prepared dir, image-folder root, or tfds data_dir.
+  c.tfds_name = 'imagenet2012'  # With source='tfds'.
+  c.train_split = 'train'  # Split trained on.
+  c.eval_split = 'validation'  # Split evaluated on ('test' for digits).
+  c.image_size = 256  # Side of the stored images; crops take model.image_size (s4).
+  c.flip = True  # Random horizontal reflections (s4).
+  c.lighting_std = 0.1  # PCA lighting alpha ~ N(0, 0.1); 0 turns it off (s4).
+  c.mean = 'image'  # Subtract the per-pixel mean image ('image', the code) or per channel ('rgb').
+  c.divide = 1.0  # Divide normalized crops by this (the code: 1.1).
+  c.normalize_on_host = False  # Mean and lighting in the workers, not in the jitted step.
+  c.workers = 0  # grain worker processes (0: in the main process).
+  c.prefetch = 2  # Batches buffered per worker / threads reading ahead.
+  return c
+
+
+@functools.lru_cache(maxsize=4)
 def digits(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's real 8x8 handwritten digits as (N, S, S, 3) uint8 RGB and int32 labels.
 
@@ -16,7 +107,7 @@ def digits(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
   """
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   if split not in ('train', 'test'):
-    raise ValueError(f"data.split: digits has 'train' and 'test', not {split!r}")
+    raise DataError(f"data.train_split/eval_split: digits has 'train' and 'test', not {split!r}")
   d = load_digits()
   order = np.random.default_rng(0).permutation(len(d.target))
   n_test = int(round(len(order) * DIGITS_TEST_FRACTION))
@@ -25,3 +116,140 @@ def digits(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
   resized = np.stack([np.asarray(Image.fromarray(g).resize((image_size, image_size),
                                                            Image.BILINEAR)) for g in grey])
   return np.repeat(resized[..., None], 3, axis=-1), d.target[index].astype(np.int32)
+
+
+class PreparedSource:
+  """Records written by `alexnet_jax.prepare`, read by index (picklable for grain workers)."""
+
+  def __init__(self, directory: str, split: str):
+    self.directory, self.split = directory, split
+    meta = read_metadata(directory)
+    if split not in meta['splits']:
+      raise DataError(f'data.path: {directory!r} has no split {split!r} '
+                      f'(it has {sorted(meta["splits"])})')
+    info = meta['splits'][split]
+    self.format, self.size = meta['format'], meta['image_size']
+    self.starts = np.concatenate([[0], np.cumsum(info['shard_counts'])]).tolist()
+    self._shards = None
+
+  def _open(self):
+    shards = []
+    for shard in range(len(self.starts) - 1):
+      data_path, index_path = prepare.shard_paths(self.directory, self.split, shard)
+      with np.load(index_path) as index:
+        offsets, labels = index['offsets'], index['labels']
+      data = (np.memmap(data_path, np.uint8, 'r') if offsets[-1] else np.zeros(0, np.uint8))
+      shards.append((data, offsets, labels))
+    self._shards = shards
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k != '_shards'} | {'_shards': None}
+
+  def __len__(self) -> int:
+    return self.starts[-1]
+
+  def record(self, i: int) -> tuple[bytes | np.ndarray, int]:
+    if self._shards is None:
+      self._open()
+    shard = bisect.bisect_right(self.starts, i) - 1
+    data, offsets, labels = self._shards[shard]
+    j = i - self.starts[shard]
+    return data[offsets[j]:offsets[j + 1]], int(labels[j])
+
+  def __getitem__(self, i: int):
+    record, label = self.record(i)
+    if self.format == 'raw':
+      return np.asarray(record).reshape(self.size, self.size, 3), label
+    return images.decode_rgb(record.tobytes()), label
+
+
+class FolderSource:
+  """`root/<split>/<class>/<image>` decoded and resized on every read (prefer `prepare`)."""
+
+  def __init__(self, root: str, split: str, size: int):
+    classes, splits = prepare.list_folder(root)
+    if split not in splits:
+      raise DataError(f'data.path: {root!r} has no {split!r} folder')
+    self.classes, self.items, self.size = classes, splits[split], size
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+  def __getitem__(self, i: int):
+    item = self.items[i]
+    with open(item.path, 'rb') as f:
+      data = f.read()
+    try:
+      return images.load_resized(data, self.size), item.label
+    except images.BadImage as e:
+      raise DataError(f'data: unreadable image {item.path!r} ({e}); run '
+                      'alexnet_jax.prepare to skip such files') from None
+
+
+class TfdsSource:
+  """A tfds dataset on disk (array_record), resized to `size` on every read."""
+
+  def __init__(self, name: str, split: str, data_dir: str, size: int):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self.name, self.split, self.data_dir, self.size = name, split, data_dir, size
+    try:
+      self.source = tfds.data_source(name, split=split, data_dir=data_dir)
+    except Exception as e:  # tfds raises many types for a missing dataset.
+      raise DataError(f'data.tfds_name: cannot read {name!r} split {split!r} under '
+                      f'{data_dir!r} ({e})'.replace('\n', ' ')) from None
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int):
+    record = self.source[i]
+    image = np.asarray(record['image'])
+    if image.ndim == 2 or image.shape[-1] == 1:
+      image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
+    return (images.resize_and_center_crop(Image.fromarray(image[..., :3]), self.size),
+            int(record['label']))
+
+  def classes(self) -> tuple[str, ...]:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    return tuple(tfds.builder(self.name, data_dir=self.data_dir).info.features['label'].names)
+
+
+def read_metadata(directory: str) -> dict:
+  path = os.path.join(directory, prepare.METADATA)
+  if not os.path.isdir(directory):
+    raise DataError(f'data.path: no directory {directory!r}')
+  if not os.path.isfile(path):
+    raise DataError(f'data.path: {directory!r} is not a prepared dataset (no '
+                    f'{prepare.METADATA}); run python -m alexnet_jax.prepare first')
+  with open(path) as f:
+    return json.load(f)
+
+
+def open_source(data, split: str):
+  """(source, stats) for `data` (the config's data section) and a split name."""
+  if data.source not in SOURCES:
+    raise DataError(f'data.source: must be one of {SOURCES}, got {data.source!r}')
+  path = os.path.expanduser(data.path) if data.path else ''
+  if data.source == 'digits':
+    train = digits('train', data.image_size)
+    x, y = train if split == 'train' else digits(split, data.image_size)
+    return ArraySource(x, y), Stats.of_images(tuple(map(str, range(10))), train[0])
+  if data.source == 'tfds':  # tfds's own default data_dir when no path is given.
+    source = TfdsSource(data.tfds_name, split, path or None, data.image_size)
+    return source, Stats(classes=source.classes())
+  if not path:
+    raise DataError(f'data.path: the {data.source!r} source needs a path')
+  if not os.path.exists(path):
+    raise DataError(f'data.path: no such directory {path!r}')
+  if data.source == 'prepared':
+    meta = read_metadata(path)
+    if meta['image_size'] != data.image_size:
+      raise DataError(f'data.image_size: {data.image_size} but {path!r} stores '
+                      f'{meta["image_size"]}x{meta["image_size"]} images')
+    mean_file = os.path.join(path, prepare.MEAN_IMAGE)
+    mean_image = np.load(mean_file) if os.path.isfile(mean_file) else None
+    stats = (Stats.from_metadata(meta['classes'], meta, mean_image) if 'eigval' in meta
+             else Stats(classes=tuple(meta['classes'])))
+    return PreparedSource(path, split), stats
+  source = FolderSource(path, split, data.image_size)
+  return source, Stats(classes=tuple(source.classes))

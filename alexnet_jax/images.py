@@ -1,0 +1,83 @@
+"""Decoding the files real datasets contain into 3-channel RGB, and the paper's resizing."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+# ImageNet's 1.2M JPEGs include a few very large ones; none is a decompression bomb.
+Image.MAX_IMAGE_PIXELS = 1 << 30
+
+
+class BadImage(ValueError):
+  """A file that is empty, truncated or not an image at all."""
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+  if im.mode == 'RGB':
+    return im
+  if im.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
+    # 16-bit greyscale: PIL's convert('RGB') would clip at 255; keep the top 8 bits.
+    grey = (np.asarray(im, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
+  if im.mode == 'F':
+    a = np.asarray(im, np.float32)
+    grey = (255 * (a - a.min()) / max(float(np.ptp(a)), 1e-12)).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
+  if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
+    # Transparent pixels over white, as a viewer shows them.
+    rgba = im.convert('RGBA')
+    white = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert('RGB')
+  return im.convert('RGB')  # L, P, 1, CMYK (PIL undoes Adobe's inverted CMYK), YCbCr, ...
+
+
+def open_rgb(data: bytes, *, draft_size: int | None = None) -> Image.Image:
+  """Decodes any image file's bytes (whatever its extension says) into an RGB PIL image.
+
+  `draft_size` lets the JPEG decoder downscale by a power of two while decoding, never
+  below that size on the shorter side: much faster for large photos.
+  """
+  if not data:
+    raise BadImage('empty file')
+  try:
+    im = Image.open(io.BytesIO(data))
+    if draft_size and im.format == 'JPEG':
+      w, h = im.size
+      scale = min(w, h) / draft_size
+      if scale >= 2:
+        im.draft('RGB', (int(w / scale), int(h / scale)))
+    im.load()  # Raises on truncated data (PIL does not load truncated images by default).
+    return _to_rgb(im)
+  except BadImage:
+    raise
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise BadImage(str(e) or type(e).__name__) from None
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+  """Any image file's bytes -> (H, W, 3) uint8."""
+  return np.asarray(open_rgb(data))
+
+
+def resize_and_center_crop(im: Image.Image, size: int) -> np.ndarray:
+  """The paper's preprocessing: shorter side to `size`, then the central size x size."""
+  w, h = im.size
+  scale = size / min(w, h)
+  nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+  if (nw, nh) != (w, h):
+    im = im.resize((nw, nh), Image.BILINEAR)
+  left, top = (nw - size) // 2, (nh - size) // 2
+  return np.asarray(im.crop((left, top, left + size, top + size)))
+
+
+def load_resized(data: bytes, size: int) -> np.ndarray:
+  """File bytes -> (size, size, 3) uint8: decode, shorter side to size, center crop."""
+  return resize_and_center_crop(open_rgb(data, draft_size=size), size)
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, 'JPEG', quality=quality)
+  return buf.getvalue()

@@ -1,0 +1,301 @@
+"""The paper's data augmentation (s4) and the grain pipeline that feeds the mesh.
+
+Host side (grain workers): decode, random crop, horizontal flip and a draw of the PCA
+lighting noise, batched as uint8 images plus one RGB offset per image. Device side (inside the
+jitted step, `normalize`): subtract the mean, add the lighting offset, optionally divide by
+1.1 (the code's). Shipping uint8 keeps host work and host-to-device traffic 4x smaller;
+`data.normalize_on_host=True` does the float work in the workers instead.
+
+Order and randomness depend only on (seed, global example position): every epoch is a fresh
+seeded permutation, the global batch g holds positions g*B .. g*B+B-1, process p of n reads
+rows p*B/n .. (p+1)*B/n-1 of it, and each example's crop, flip and lighting come from a
+generator seeded with (seed, position). So any number of processes or workers, under any
+load, gives the same global batches, and restoring the iterator state (a step count) replays
+exactly what an uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterator
+
+import grain
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import datasets
+from alexnet_jax import sharding
+
+# ---- Augmentation ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """Random crop, flip and PCA lighting of one (S, S, 3) uint8 image (paper s4)."""
+  crop: int
+  flip: bool = True
+  lighting_std: float = 0.1  # alpha_i ~ N(0, 0.1).
+  eigval: tuple[float, ...] = datasets.IMAGENET_EIGVAL
+  eigvec: tuple[tuple[float, ...], ...] = datasets.IMAGENET_EIGVEC
+
+  def lighting(self, rng: np.random.Generator) -> np.ndarray:
+    """sum_i alpha_i * lambda_i * p_i, as an RGB offset in 0-255 units.
+
+    lambda_i is the standard deviation along eigenvector p_i (the square root of the
+    eigenvalue), as the code's per-axis scales are: the noise's covariance is then
+    lighting_std^2 times the pixels' covariance.
+    """
+    alpha = rng.normal(0.0, self.lighting_std, 3)
+    return (np.asarray(self.eigvec) @ (alpha * np.sqrt(self.eigval))).astype(np.float32)
+
+  def __call__(self, image: np.ndarray, rng: np.random.Generator):
+    s = image.shape[0]
+    top, left = rng.integers(0, s - self.crop + 1, size=2)
+    crop = image[top:top + self.crop, left:left + self.crop]
+    if self.flip and rng.random() < 0.5:
+      crop = crop[:, ::-1]
+    light = (self.lighting(rng) if self.lighting_std > 0 else np.zeros(3, np.float32))
+    return np.ascontiguousarray(crop), light
+
+
+def center_crop(image: np.ndarray, crop: int) -> np.ndarray:
+  top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+  return image[top:top + crop, left:left + crop]
+
+
+def ten_views(images_NHWC, crop: int):
+  """(B, S, S, 3) -> (B, 10, crop, crop, 3): the four corners and the center, then the
+  same five reflected (paper s4). Works on numpy and jax arrays (inside jit too)."""
+  s = images_NHWC.shape[1]
+  c = (s - crop) // 2
+  starts = ((0, 0), (0, s - crop), (s - crop, 0), (s - crop, s - crop), (c, c))
+  xp = jnp if isinstance(images_NHWC, jax.Array) else np
+  views = [images_NHWC[:, t:t + crop, l:l + crop] for t, l in starts]
+  views += [v[:, :, ::-1] for v in views]
+  return xp.stack(views, axis=1)
+
+
+def mean_for(stats: datasets.Stats, mode: str, crop: int) -> np.ndarray:
+  """What `normalize` subtracts: the center crop of the per-pixel mean image (the code's
+  choice), or the per-channel mean; (crop, crop, 3) or (3,) float32."""
+  if mode == 'image':
+    if stats.mean_image is None:
+      raise datasets.DataError("data.mean: 'image' needs a per-pixel mean image (a prepared "
+                               "dataset or digits); use 'rgb'")
+    return np.asarray(center_crop(stats.mean_image, crop), np.float32)
+  if mode == 'rgb':
+    return np.asarray(stats.mean_rgb, np.float32)
+  raise datasets.DataError(f"data.mean: must be 'image' or 'rgb', got {mode!r}")
+
+
+def normalize(images_u8, lighting, mean, divide: float = 1.0):
+  """(x - mean + lighting) / divide in float32; jnp inside jit, numpy on the host."""
+  xp = jnp if isinstance(images_u8, jax.Array) else np
+  x = images_u8.astype(xp.float32) - mean + lighting[:, None, None, :]
+  return x / divide if divide != 1.0 else x
+
+
+# ---- The grain pipeline ----------------------------------------------------------------------
+
+
+class GlobalPositions:
+  """Local index -> (example index, global position) for one process (see module doc)."""
+
+  def __init__(self, examples: int, global_batch: int, *, process_index: int,
+               process_count: int, seed: int, shuffle: bool, epochs: int | None):
+    if global_batch % process_count:
+      raise datasets.DataError(f'batch_size: {global_batch} is not divisible by the '
+                               f'{process_count} processes')
+    self.examples, self.global_batch = examples, global_batch
+    self.local_batch = global_batch // process_count
+    self.process_index, self.seed, self.shuffle = process_index, seed, shuffle
+    steps = (examples * epochs) // global_batch if epochs else 1 << 40
+    self.length = steps * self.local_batch
+    self._epoch, self._order = -1, None
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, i: int) -> tuple[int, int]:
+    step, row = divmod(i, self.local_batch)
+    position = step * self.global_batch + self.process_index * self.local_batch + row
+    epoch, k = divmod(position, self.examples)
+    if not self.shuffle:
+      return k, position
+    if epoch != self._epoch:
+      self._order = np.random.default_rng([self.seed, epoch]).permutation(self.examples)
+      self._epoch = epoch
+    return int(self._order[k]), position
+
+
+class TrainExample:
+  """(example index, position) -> augmented example; randomness from (seed, position)."""
+
+  def __init__(self, source, augment: Augment, seed: int, host_mean: np.ndarray | None,
+               divide: float):
+    self.source, self.augment, self.seed = source, augment, seed
+    self.host_mean, self.divide = host_mean, divide
+
+  def __call__(self, index_position):
+    index, position = index_position
+    image, label = self.source[index]
+    crop, light = self.augment(image, np.random.default_rng([self.seed, position]))
+    if self.host_mean is not None:
+      crop = normalize(crop[None], light[None], self.host_mean, self.divide)[0]
+      light = np.zeros(3, np.float32)
+    return {'image': crop, 'lighting': light, 'label': np.int32(label)}
+
+
+def _example_index(index_position: tuple[int, int]) -> int:
+  return index_position[0]
+
+
+class EvalExample:
+  """Example index -> center crop (or the whole image for 10 views), with a valid mask."""
+
+  def __init__(self, source, crop: int | None, examples: int):
+    self.source, self.crop, self.examples = source, crop, examples
+
+  def __call__(self, index: int):
+    valid = index < self.examples  # The last batch is padded with copies of example 0.
+    image, label = self.source[index if valid else 0]
+    image = center_crop(image, self.crop) if self.crop else image
+    return {'image': np.ascontiguousarray(image), 'label': np.int32(label),
+            'mask': np.bool_(valid)}
+
+
+def _iterate(ds: grain.MapDataset, workers: int, prefetch: int):
+  if workers > 0 and not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags; notebooks never parse them.
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch),
+                                            prefetch_buffer_size=max(1, prefetch)))
+  if workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                      per_worker_buffer_size=max(1, prefetch)))
+  return it
+
+
+class Batches:
+  """This process's training batches from step `step` on; restartable at any step.
+
+  The state is the number of batches consumed, `{'step': n}`: small JSON for the checkpoint,
+  and valid whatever the number of workers of the run that restores it, since every batch
+  is determined by its step alone.
+  """
+
+  def __init__(self, make, step: int = 0):
+    self._make, self.step, self._it = make, step, None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._it is None:
+      self._it = iter(self._make(self.step))
+    batch = next(self._it)
+    self.step += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    return {'step': self.step}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self.close()
+    self.step = int(state['step'])
+
+  def close(self) -> None:
+    """Stops the worker processes, if any (they also stop when the iterator is collected)."""
+    if self._it is not None and hasattr(self._it, 'close'):
+      self._it.close()
+    self._it = None
+
+
+def train_dataset(source, augment: Augment, *, global_batch: int, seed: int,
+                  workers: int = 0, prefetch: int = 2, epochs: int | None = None,
+                  host_mean: np.ndarray | None = None, divide: float = 1.0,
+                  process_index: int | None = None, process_count: int | None = None
+                  ) -> Batches:
+  """This process's share of each global training batch, as a restartable iterator."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  positions = GlobalPositions(len(source), global_batch, process_index=process_index,
+                              process_count=process_count, seed=seed, shuffle=True,
+                              epochs=epochs)
+  example = TrainExample(source, augment, seed, host_mean, divide)
+
+  def make(step):
+    ds = (grain.MapDataset.source(positions)[step * positions.local_batch:]
+          .map(example).batch(positions.local_batch, drop_remainder=True))
+    return _iterate(ds, workers, prefetch)
+
+  return Batches(make)
+
+
+def eval_dataset(source, *, global_batch: int, crop: int | None, workers: int = 0,
+                 prefetch: int = 2, process_index: int | None = None,
+                 process_count: int | None = None):
+  """Every example once, in order, this process's rows of each global batch; the last batch
+  is padded and carries `mask` False on the padding. `crop=None` keeps whole images."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  n = len(source)
+  steps = -(-n // global_batch)
+  positions = GlobalPositions(steps * global_batch, global_batch,
+                              process_index=process_index, process_count=process_count,
+                              seed=0, shuffle=False, epochs=1)
+  ds = (grain.MapDataset.source(positions).map(_example_index)
+        .map(EvalExample(source, crop, n)).batch(positions.local_batch))
+  return _iterate(ds, workers, prefetch)
+
+
+def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays split over the mesh's data axis."""
+  out = sharding.named(mesh, sharding.BATCH)
+  return {k: jax.make_array_from_process_local_data(out, v) for k, v in batch.items()}
+
+
+def global_batches(dataset, mesh) -> Iterator[dict[str, jax.Array]]:
+  for batch in dataset:
+    yield to_global(batch, mesh)
+
+
+# ---- From the config -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Data:
+  """What the training loop needs of the data: iterables, statistics and the mean."""
+  train: Any
+  eval: Any
+  stats: datasets.Stats
+  mean: np.ndarray
+  divide: float
+  eval_examples: int
+
+
+def create(config, mesh=None, *, eval_crop: bool = True) -> Data:
+  """The train and eval pipelines of `config` (sections `data`, `model`, and `batch_size`)."""
+  data = config.data
+  crop = config.model.image_size
+  if crop > data.image_size:
+    raise datasets.DataError(f'model.image_size: crops of {crop} do not fit in the stored '
+                             f'{data.image_size}x{data.image_size} images (data.image_size)')
+  if data.lighting_std < 0:
+    raise datasets.DataError(f'data.lighting_std: must be >= 0, got {data.lighting_std}')
+  train_source, stats = datasets.open_source(data, data.train_split)
+  eval_source, _ = datasets.open_source(data, data.eval_split)
+  if len(train_source) < config.batch_size:
+    raise datasets.DataError(f'batch_size: {config.batch_size} is larger than the '
+                             f'{len(train_source)} training examples')
+  mean = mean_for(stats, data.mean, crop)
+  augment = Augment(crop, data.flip, data.lighting_std, stats.eigval, stats.eigvec)
+  train = train_dataset(train_source, augment, global_batch=config.batch_size,
+                        seed=config.seed, workers=data.workers, prefetch=data.prefetch,
+                        host_mean=mean if data.normalize_on_host else None,
+                        divide=data.divide)
+  evaluation = eval_dataset(eval_source, global_batch=config.batch_size,
+                            crop=crop if eval_crop else None, workers=data.workers,
+                            prefetch=data.prefetch)
+  return Data(train, evaluation, stats, mean, data.divide, len(eval_source))

@@ -1,0 +1,377 @@
+"""Converts a dataset once into the prepared format that training reads fast.
+
+    python -m alexnet_jax.prepare --source=folder --input=~/photos --output=~/data/photos
+    python -m alexnet_jax.prepare --source=ilsvrc --input=~/ILSVRC2012 --output=~/data/in1k
+    python -m alexnet_jax.prepare --source=tfds --input=~/tensorflow_datasets \
+        --tfds_name=imagenet2012 --output=~/data/in1k
+
+As the paper did (s4), every image is rescaled so its shorter side is `--size` (256) and its
+central size x size square kept. The output directory holds, per split, shards of records
+(`{split}-{i:05d}.data` with their `.index.npz`), and `metadata.json` with the class names,
+counts, per-channel mean/std, the eigen-decomposition of the RGB covariance over the training
+split (for PCA lighting), the files skipped as unreadable, plus `mean_image.npy` (the
+per-pixel mean of the training split). Records are JPEG (`--format=jpeg`, `--quality`) or raw
+uint8 (`--format=raw`).
+
+Sources:
+  folder  `input/<split>/<class>/*.{jpg,jpeg,png,...}`; classes are train's sorted folders.
+  ilsvrc  `input/ILSVRC2012_img_train.tar` (a tar of per-class tars) and
+          `input/ILSVRC2012_img_val.tar`; labels are positions in tensorflow-datasets' sorted
+          `labels.txt`, validation labels from its `validation_labels.txt`.
+  tfds    any tensorflow-datasets image dataset prepared under `input` (array_record),
+          read with `tfds.data_source`: TensorFlow is not needed.
+
+Shards are written atomically and an interrupted run resumes: finished shards are kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import json
+import multiprocessing
+import os
+import tarfile
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+
+from alexnet_jax import images
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm')
+FOLDER_SPLITS = ('train', 'validation', 'val', 'test')
+METADATA = 'metadata.json'
+MEAN_IMAGE = 'mean_image.npy'
+
+
+class PrepareError(ValueError):
+  """A problem with the input that stops the conversion (one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One example to convert: where its bytes are, its label and a name for reports."""
+  name: str
+  label: int
+  path: str = ''  # A file; or, with `size` > 0, a tar archive holding the bytes at `offset`.
+  offset: int = 0
+  size: int = -1
+  tfds_index: int = -1  # A record of a tfds data source instead.
+
+
+# ---- Listing the examples of each source -----------------------------------------------------
+
+
+def imagenet_labels() -> list[str]:
+  """The 1000 ILSVRC-2012 WordNet ids in tensorflow-datasets' (sorted) order."""
+  return _tfds_resource('labels.txt')
+
+
+def imagenet_validation_labels() -> list[str]:
+  """The WordNet id of each of the 50,000 validation images, in file-number order."""
+  return _tfds_resource('validation_labels.txt')
+
+
+def _tfds_resource(name: str) -> list[str]:
+  path = importlib.resources.files('tensorflow_datasets') / 'datasets' / 'imagenet2012' / name
+  return path.read_text().split()
+
+
+def list_folder(root: str) -> tuple[list[str], dict[str, list[Item]]]:
+  """Classes and per-split items of `root/<split>/<class>/<image>`."""
+  if not os.path.isdir(root):
+    raise PrepareError(f'--input: no directory {root!r}')
+  splits = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(root, s))]
+  if 'train' not in splits:
+    raise PrepareError(f'--input: {root!r} has no train/ folder (expected '
+                       'root/<split>/<class>/<image>)')
+  classes = sorted(d for d in os.listdir(os.path.join(root, 'train'))
+                   if os.path.isdir(os.path.join(root, 'train', d)))
+  if not classes:
+    raise PrepareError(f'--input: {os.path.join(root, "train")!r} has no class folders')
+  out = {}
+  for split in splits:
+    items = []
+    for c in sorted(os.listdir(os.path.join(root, split))):
+      folder = os.path.join(root, split, c)
+      if not os.path.isdir(folder):
+        continue
+      if c not in classes:
+        raise PrepareError(f'--input: class folder {folder!r} is not a class of train/')
+      files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not files:
+        raise PrepareError(f'--input: class folder {folder!r} holds no images')
+      items += [Item(os.path.join(split, c, f), classes.index(c), os.path.join(folder, f))
+                for f in files]
+    out['validation' if split == 'val' else split] = items
+  return classes, out
+
+
+def _tar_members(path: str, base: int = 0, fileobj=None):
+  """(name, absolute offset, size) of every file in a tar, without extracting anything."""
+  with tarfile.open(path if fileobj is None else None, mode='r:', fileobj=fileobj) as tar:
+    for m in tar:
+      if m.isfile():
+        yield m.name, base + m.offset_data, m.size
+
+
+def list_ilsvrc(root: str) -> tuple[list[str], dict[str, list[Item]]]:
+  """Classes and items of the raw ILSVRC-2012 train and validation tars."""
+  wnids = imagenet_labels()
+  index = {w: i for i, w in enumerate(wnids)}
+  train_tar = os.path.join(root, 'ILSVRC2012_img_train.tar')
+  val_tar = os.path.join(root, 'ILSVRC2012_img_val.tar')
+  if not os.path.isfile(train_tar) and not os.path.isfile(val_tar):
+    raise PrepareError(f'--input: {root!r} holds neither ILSVRC2012_img_train.tar nor '
+                       'ILSVRC2012_img_val.tar')
+  out = {}
+  if os.path.isfile(train_tar):
+    items = []
+    with open(train_tar, 'rb') as f:
+      for class_tar, offset, size in sorted(_tar_members(train_tar)):
+        wnid = os.path.basename(class_tar).split('.')[0]
+        if wnid not in index:
+          raise PrepareError(f'--input: {class_tar!r} in {train_tar!r} is not an ILSVRC class')
+        f.seek(offset)
+        inner = [m for m in _tar_members('', offset, fileobj=_Window(f, offset, size))]
+        if not inner:
+          raise PrepareError(f'--input: class archive {class_tar!r} holds no images')
+        items += [Item(f'{wnid}/{name}', index[wnid], train_tar, off, sz)
+                  for name, off, sz in sorted(inner)]
+    out['train'] = items
+  if os.path.isfile(val_tar):
+    labels = imagenet_validation_labels()
+    items = []
+    for name, offset, size in sorted(_tar_members(val_tar)):
+      number = int(os.path.splitext(os.path.basename(name))[0].split('_')[-1])
+      items.append(Item(name, index[labels[number - 1]], val_tar, offset, size))
+    out['validation'] = items
+  return wnids, out
+
+
+class _Window:
+  """A read-only file view of `size` bytes at `offset` of `f` (a member of a tar)."""
+
+  def __init__(self, f, offset: int, size: int):
+    self.f, self.start, self.size, self.pos = f, offset, size, 0
+
+  def read(self, n: int = -1) -> bytes:
+    n = self.size - self.pos if n < 0 else min(n, self.size - self.pos)
+    self.f.seek(self.start + self.pos)
+    data = self.f.read(n)
+    self.pos += len(data)
+    return data
+
+  def seek(self, pos: int, whence: int = 0) -> int:
+    self.pos = pos if whence == 0 else (self.pos + pos if whence == 1 else self.size + pos)
+    return self.pos
+
+  def tell(self) -> int:
+    return self.pos
+
+
+def list_tfds(data_dir: str, name: str) -> tuple[list[str], dict[str, list[Item]]]:
+  """Classes and items of a tensorflow-datasets dataset prepared under `data_dir`."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(data_dir):
+    raise PrepareError(f'--input: no directory {data_dir!r}')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    classes = list(builder.info.features['label'].names)
+    splits = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
+  except Exception as e:  # tfds raises many types for a missing or unprepared dataset.
+    raise PrepareError(f'--tfds_name: cannot read {name!r} under {data_dir!r} ({e})'.replace(
+        '\n', ' ')) from None
+  return classes, {s: [Item(f'{s}[{i}]', -1, tfds_index=i) for i in range(n)]
+                   for s, n in splits.items()}
+
+
+# ---- Converting one shard (in a worker process) ----------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _tfds_source(name: str, split: str, data_dir: str):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.data_source(name, split=split, data_dir=data_dir)
+
+
+def _load(item: Item, size: int, tfds_spec: tuple[str, str, str] | None):
+  """(image (size, size, 3) uint8, label) of one item; raises images.BadImage."""
+  if item.tfds_index >= 0:
+    name, split, data_dir = tfds_spec
+    record = _tfds_source(name, split, data_dir)[item.tfds_index]
+    image = np.asarray(record['image'])
+    if image.ndim == 2 or image.shape[-1] == 1:
+      image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    return images.resize_and_center_crop(Image.fromarray(image[..., :3]), size), int(
+        record['label'])
+  with open(item.path, 'rb') as f:
+    if item.size >= 0:
+      f.seek(item.offset)
+      data = f.read(item.size)
+    else:
+      data = f.read()
+  return images.load_resized(data, size), item.label
+
+
+def shard_paths(out_dir: str, split: str, shard: int) -> tuple[str, str]:
+  stem = os.path.join(out_dir, f'{split}-{shard:05d}')
+  return stem + '.data', stem + '.index.npz'
+
+
+def convert_shard(task: tuple) -> tuple[str, int, int]:
+  """Writes one shard and its index (with the shard's pixel statistics); returns counts."""
+  out_dir, split, shard, items, size, fmt, quality, tfds_spec = task
+  data_path, index_path = shard_paths(out_dir, split, shard)
+  offsets, labels, bad = [0], [], []
+  image_sum = np.zeros((size, size, 3), np.float64)
+  rgb_sum, rgb_outer = np.zeros(3), np.zeros((3, 3))
+  with open(data_path + '.tmp', 'wb') as f:
+    for item in items:
+      try:
+        image, label = _load(item, size, tfds_spec)
+      except (images.BadImage, OSError) as e:
+        bad.append(f'{item.name}: {e}')
+        continue
+      record = images.encode_jpeg(image, quality) if fmt == 'jpeg' else image.tobytes()
+      f.write(record)
+      offsets.append(offsets[-1] + len(record))
+      labels.append(label)
+      pixels = image.reshape(-1, 3).astype(np.float64)
+      image_sum += image
+      rgb_sum += pixels.sum(0)
+      rgb_outer += pixels.T @ pixels
+  os.replace(data_path + '.tmp', data_path)
+  with open(index_path + '.tmp', 'wb') as f:  # np.savez would append .npz to a .tmp name.
+    np.savez(f, offsets=np.asarray(offsets, np.int64), labels=np.asarray(labels, np.int32),
+             bad=np.asarray(bad, dtype=str), image_sum=image_sum, rgb_sum=rgb_sum,
+             rgb_outer=rgb_outer)
+  os.replace(index_path + '.tmp', index_path)  # The shard counts as done from here on.
+  return split, len(labels), len(bad)
+
+
+# ---- The whole conversion --------------------------------------------------------------------
+
+
+def pixel_statistics(image_sum: np.ndarray, rgb_sum: np.ndarray, rgb_outer: np.ndarray,
+                     images_count: int) -> dict[str, Any]:
+  """Per-channel mean/std and the RGB covariance's eigen-decomposition (0-255 units)."""
+  n = images_count * image_sum.shape[0] * image_sum.shape[1]
+  mean = rgb_sum / n
+  cov = rgb_outer / n - np.outer(mean, mean)
+  eigval, eigvec = np.linalg.eigh(cov)  # Ascending, like the code's (19.72, 37.09, 121.78)^2.
+  return {'mean_rgb': mean.tolist(), 'std_rgb': np.sqrt(np.diag(cov)).tolist(),
+          'rgb_covariance': cov.tolist(), 'eigval': eigval.clip(min=0).tolist(),
+          'eigvec': eigvec.tolist()}
+
+
+def prepare(source: str, input_path: str, output: str, *, size: int = 256, fmt: str = 'jpeg',
+            quality: int = 90, shard_size: int = 1024, workers: int | None = None,
+            tfds_name: str = 'imagenet2012', progress: bool = True) -> dict[str, Any]:
+  """Converts `input_path` into `output`; returns the metadata written."""
+  input_path = os.path.expanduser(input_path)
+  output = os.path.expanduser(output)
+  if fmt not in ('jpeg', 'raw'):
+    raise PrepareError(f"--format: must be 'jpeg' or 'raw', got {fmt!r}")
+  if not 1 <= quality <= 100:
+    raise PrepareError(f'--quality: must be in 1..100, got {quality}')
+  if size < 1 or shard_size < 1:
+    raise PrepareError('--size and --shard_size must be positive')
+  if not os.path.exists(input_path):
+    raise PrepareError(f'--input: no such path {input_path!r}')
+  listers = {'folder': list_folder, 'ilsvrc': list_ilsvrc,
+             'tfds': lambda p: list_tfds(p, tfds_name)}
+  if source not in listers:
+    raise PrepareError(f'--source: must be one of {tuple(listers)}, got {source!r}')
+  classes, splits = listers[source](input_path)
+  os.makedirs(output, exist_ok=True)
+  tasks = []
+  for split, items in splits.items():
+    spec = (tfds_name, split, input_path) if source == 'tfds' else None
+    for shard, start in enumerate(range(0, len(items), shard_size)):
+      if not os.path.exists(shard_paths(output, split, shard)[1]):
+        tasks.append((output, split, shard, items[start:start + shard_size], size, fmt,
+                      quality, spec))
+  _run(tasks, workers, progress, total=sum(len(t[3]) for t in tasks))
+  return _write_metadata(output, classes, splits, shard_size, size, fmt, quality, source)
+
+
+def _run(tasks: Sequence[tuple], workers: int | None, progress: bool, total: int) -> None:
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
+  bar = tqdm(total=total, unit='img', disable=not progress, desc='prepare')
+  if workers == 1:
+    for task in tasks:
+      convert_shard(task)
+      bar.update(len(task[3]))
+  else:
+    with multiprocessing.get_context('spawn').Pool(workers) as pool:
+      for task, _ in zip(tasks, pool.imap(convert_shard, tasks)):
+        bar.update(len(task[3]))
+  bar.close()
+
+
+def _write_metadata(output, classes, splits, shard_size, size, fmt, quality, source):
+  meta = {'format': fmt, 'quality': quality, 'image_size': size, 'source': source,
+          'classes': classes, 'num_classes': len(classes), 'splits': {}}
+  train_sums = None
+  for split, items in splits.items():
+    shards = -(-len(items) // shard_size)
+    counts, bad = [], []
+    sums = [0, 0, 0]
+    for shard in range(shards):
+      with np.load(shard_paths(output, split, shard)[1]) as index:
+        counts.append(len(index['labels']))
+        bad += index['bad'].tolist()
+        if split == 'train':
+          sums = [s + index[k] for s, k in zip(sums, ('image_sum', 'rgb_sum', 'rgb_outer'))]
+    meta['splits'][split] = {'count': sum(counts), 'shards': shards, 'shard_counts': counts,
+                             'skipped': len(bad), 'skipped_files': bad}
+    if bad:
+      warnings.warn(f'prepare: skipped {len(bad)} unreadable file(s) of {split}: '
+                    + '; '.join(bad[:20]) + (' ...' if len(bad) > 20 else ''))
+    if split == 'train':
+      train_sums = (sums, sum(counts))
+  if train_sums and train_sums[1]:
+    (image_sum, rgb_sum, rgb_outer), n = train_sums
+    np.save(os.path.join(output, MEAN_IMAGE), (image_sum / n).astype(np.float32))
+    meta.update(pixel_statistics(image_sum, rgb_sum, rgb_outer, n))
+  with open(os.path.join(output, METADATA + '.tmp'), 'w') as f:
+    json.dump(meta, f, indent=1)
+  os.replace(os.path.join(output, METADATA + '.tmp'), os.path.join(output, METADATA))
+  return meta
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  del argv
+  f = flags.FLAGS
+  try:
+    meta = prepare(f.source, f.input, f.output, size=f.size, fmt=f.format, quality=f.quality,
+                   shard_size=f.shard_size, workers=f.workers, tfds_name=f.tfds_name)
+  except PrepareError as e:
+    raise SystemExit(f'prepare: {e}') from None
+  for split, s in meta['splits'].items():
+    print(f'{split}: {s["count"]} images in {s["shards"]} shards, {s["skipped"]} skipped')
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum('source', 'folder', ['folder', 'ilsvrc', 'tfds'], 'What --input holds.')
+  flags.DEFINE_string('input', None, 'Image folder root, ILSVRC tar directory or tfds data_dir.')
+  flags.DEFINE_string('output', None, 'Directory for the prepared shards.')
+  flags.DEFINE_integer('size', 256, 'Side of the stored images (shorter side, center crop).')
+  flags.DEFINE_string('format', 'jpeg', 'jpeg or raw (uint8).')
+  flags.DEFINE_integer('quality', 90, 'JPEG quality.')
+  flags.DEFINE_integer('shard_size', 1024, 'Images per shard.')
+  flags.DEFINE_integer('workers', None, 'Processes (default: every core).')
+  flags.DEFINE_string('tfds_name', 'imagenet2012', 'With --source=tfds: the dataset name.')
+  flags.mark_flags_as_required(['input', 'output'])
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)
