@@ -5,7 +5,8 @@ conv kernels are (towers, kh, kw, in, out), dense kernels (towers, in, out), bia
 (towers, out). That axis is sharded over the mesh's `tower` axis, and the forward pass runs
 under `jax.shard_map`: each device computes the towers it holds, one after the other, with
 plain (ungrouped) convolutions, and the only collective is `sharding.gather_towers` at the
-paper's four cross-tower links (the inputs of conv3, fc6, fc7 and fc8).
+paper's four cross-tower links (the inputs of conv3, fc6, fc7 and fc8; Caffe's LRN across
+all channels adds two more, before LRN1 and LRN2).
 
 Channel order wherever towers are concatenated is tower-major (tower 0's channels first), and
 dense inputs are flattened in (H, W, C) order; `weights.py` converts to PyTorch's layouts.
@@ -98,6 +99,11 @@ class ModelSpec:
     for field in ('weight_std', 'bias_init'):
       if len(getattr(self, field)) != 8:
         fail(field, 'needs 8 values (conv1..fc8)')
+    for field in ('conv1_kernel', 'conv1_stride', 'pool_window', 'pool_stride', 'fc_units'):
+      if getattr(self, field) < 1:
+        fail(field, f'must be >= 1, got {getattr(self, field)}')
+    if self.adaptive_pool < 0:
+      fail('adaptive_pool', f'must be >= 0, got {self.adaptive_pool}')
     if self.num_classes < 1:
       fail('num_classes', f'must be positive, got {self.num_classes}')
     if self.width <= 0:
@@ -115,9 +121,6 @@ class ModelSpec:
     if self.fc8_per_tower and self.towers > 1 and self.num_classes % self.towers:
       fail('fc8_per_tower', f'{self.num_classes} classes cannot be split over {self.towers} '
            'towers; set model.fc8_per_tower=False')
-    for name, width in zip(CONV_LAYERS + ('fc6',), self.conv_widths + (self.fc_width,)):
-      if width < self.towers:
-        fail('width', f'{name} would have {width} units, fewer than the towers')
     self.feature_sizes()  # Raises if the image is too small for the net.
 
   # ---- Derived shapes ----------------------------------------------------------------------
@@ -286,7 +289,8 @@ def _concat_towers(hs: list[jax.Array], *, replicated: bool = False) -> jax.Arra
 
 
 # Points of the forward pass that `AlexNet.features` can return: conv and fc outputs after
-# their activation (before LRN, pooling or dropout), pool5, and the logits.
+# their activation (before pooling and dropout; before LRN too, except conv1 under
+# `lrn1_before_relu`, where the code normalizes first), pool5, and the logits.
 FEATURES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7', 'logits')
 
 

@@ -44,7 +44,8 @@ def make_mesh(towers: int = 2, *, devices=None, data: int | None = None) -> Mesh
     raise ValueError(f'mesh: data={data} x tower={tower_size} needs more than the {n} '
                      'devices available')
   grid = np.asarray(devices[:data * tower_size]).reshape(data, tower_size)
-  return jax.make_mesh((data, tower_size), AXES, devices=grid.ravel().tolist())
+  return jax.make_mesh((data, tower_size), AXES, devices=grid.ravel().tolist(),
+                       axis_types=(jax.sharding.AxisType.Explicit,) * 2)
 
 
 def single_device_mesh(device=None) -> Mesh:
@@ -87,7 +88,8 @@ def gather_towers(x: jax.Array, *, replicated: bool = False) -> jax.Array:
   """Inside shard_map: all towers' (towers_local, ...) activations -> (towers, ...).
 
   This is the only collective of the forward pass: the paper's cross-tower connections at
-  the inputs of conv3, fc6, fc7 and fc8. On a tower axis of size 1 it is the identity.
+  the inputs of conv3, fc6, fc7 and fc8 (and, for Caffe's LRN across all channels, the
+  inputs of LRN1 and LRN2). On a tower axis of size 1 it is the identity.
 
   By default the result is typed as varying over the tower axis, and its gradient is a
   reduce-scatter of the towers' contributions. `replicated=True` types it as the same on every

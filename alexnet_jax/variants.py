@@ -57,8 +57,9 @@ def paper() -> ml_collections.ConfigDict:
 def cuda_convnet() -> ml_collections.ConfigDict:
   """Run 145 as coded: every difference of section 2 that concerns the net switched on.
 
-  The remaining ones live where they act: s2.1 is `image_size` (224 padded, the code's
-  choice, is already the default), s2.6 (bias learning rate and decay) is an optimizer field.
+  s2.1 (224 padded right/bottom, the code's choice) and s2.2 (alpha/n) are already the
+  paper variant's defaults; s2.6 (bias learning rate and decay) acts in the optimizer, and
+  configs/paper.py:cuda_convnet sets it there.
   """
   c = paper()
   c.variant = 'cuda_convnet'
@@ -70,15 +71,16 @@ def cuda_convnet() -> ml_collections.ConfigDict:
 
 
 def one_tower() -> ml_collections.ConfigDict:
-  """The paper's one-GPU ablation: half the kernels in each conv layer, except conv5 (s5).
+  """The paper's one-GPU ablation (s5): one tower with half the kernels in each conv layer.
 
-  The paper keeps conv5 and the fully connected layers at full size so the two nets have
-  about the same number of parameters.
+  The fully connected layers keep their size. The paper's footnote 2 also keeps conv5 at 256
+  filters so that both nets have about the same number of parameters; that net is
+  `--config.model.conv_filters='(48, 128, 192, 192, 256)'` (59,798,312 parameters).
   """
   c = paper()
   c.variant = 'one_tower'
   c.towers = 1
-  c.conv_filters = (48, 128, 192, 192, 256)
+  c.conv_filters = (48, 128, 192, 192, 128)
   c.fc8_per_tower = False
   return c
 
@@ -106,6 +108,7 @@ def caffe() -> ml_collections.ConfigDict:
   c = paper()
   c.variant = 'caffe'
   c.image_size = 227
+  c.conv1_ceil_mode = False  # Caffe's convolutions round down (227 -> 55 either way).
   c.lrn_k = 1.0
   c.lrn_across_towers = True
   c.dropout_inverted = True

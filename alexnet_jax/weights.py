@@ -8,6 +8,8 @@ Layouts (every array float32):
     layer that reads only its own tower has groups = towers (conv2, conv4, conv5 of the paper's
     net); output channels are tower-major (tower 0's first); dense weights are (out, in), with
     fc6's input a (C, H, W) flatten of pool5, as torch's `flatten` of an NCHW map gives.
+    Our conv1 reads RGB; Caffe's own bvlc_alexnet blobs read BGR (reverse conv1's input
+    channels when converting one).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from conftest import small_config
 
 # paper.md s1 and s6.
 PARAMS = {'paper': 60_965_224, 'cuda_convnet': 60_965_224, 'caffe': 60_965_224,
-          'owt': 61_100_840, 'one_tower': 59_798_312}
+          'owt': 61_100_840, 'one_tower': 40_702_632}
 PAPER_LAYER_PARAMS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120, 'conv4': 663_936,
                       'conv5': 442_624, 'fc6': 37_752_832, 'fc7': 16_781_312,
                       'fc8': 4_097_000}
@@ -76,6 +76,108 @@ def test_init_statistics():
     np.testing.assert_array_equal(b, 1.0 if layer in ones else 0.0, err_msg=layer)
   # The two towers are drawn independently.
   assert not np.allclose(m.conv1.kernel[0], m.conv1.kernel[1])
+
+
+# The fields that make each variant what paper.md says it is (s1, s2, s6).
+FIDELITY = {
+    'paper': dict(towers=2, conv_filters=(96, 256, 384, 384, 256), fc_units=4096,
+                  image_size=224, conv1_ceil_mode=True, pool_window=3, pool_stride=2,
+                  lrn=True, lrn_size=5, lrn_alpha=1e-4, lrn_beta=0.75, lrn_k=2.0,
+                  lrn_alpha_over_n=True, lrn_across_towers=False, lrn1_before_relu=False,
+                  extra_norm2=False, dropout_rate=0.5, dropout_inverted=False,
+                  dropout_before_fc=False, cross_tower=True, fc8_per_tower=True,
+                  weight_std=(0.01,) * 8, bias_init=(0., 1., 0., 1., 1., 1., 1., 0.)),
+    # Run 145 as coded: s2.1-s2.5, s2.7 and s2.8 (s2.6 is the optimizer's).
+    'cuda_convnet': dict(image_size=224, conv1_ceil_mode=True, lrn_alpha_over_n=True,
+                         lrn_k=2.0, lrn1_before_relu=True, extra_norm2=True,
+                         weight_std=(0.01, 0.01, 0.03, 0.03, 0.03, 0.01, 0.01, 0.01),
+                         fc8_per_tower=False, dropout_inverted=False),
+    'caffe': dict(image_size=227, conv1_ceil_mode=False, lrn_k=1.0, lrn_across_towers=True,
+                  lrn1_before_relu=False, dropout_inverted=True, fc8_per_tower=False,
+                  weight_std=(0.01, 0.01, 0.01, 0.01, 0.01, 0.005, 0.005, 0.01),
+                  bias_init=(0., 0.1, 0., 0.1, 0.1, 0.1, 0.1, 0.)),
+    'owt': dict(towers=1, conv_filters=(64, 192, 384, 256, 256), conv1_padding=2,
+                conv1_ceil_mode=False, adaptive_pool=6, lrn=False, dropout_inverted=True,
+                dropout_before_fc=True, pytorch_init=True),
+    'one_tower': dict(towers=1, conv_filters=(48, 128, 192, 192, 128), fc_units=4096),
+}
+
+
+@pytest.mark.parametrize('variant', sorted(FIDELITY))
+def test_variant_fidelity_switches(variant):
+  spec = alexnet_jax.ModelSpec.from_config(alexnet_jax.model_config(variant))
+  assert {k: getattr(spec, k) for k in FIDELITY[variant]} == FIDELITY[variant]
+
+
+def within_map_loop(a, size=5, scale=1e-3, beta=0.75, k=1.0):
+  """cuda-convnet's within-map normalization, one pixel at a time (zero padded)."""
+  out = np.empty_like(a)
+  _, h, w, _ = a.shape
+  r = size // 2
+  for y in range(h):
+    for x in range(w):
+      window = a[:, max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].astype(np.float64)
+      s = (window ** 2).sum((1, 2))
+      out[:, y, x] = a[:, y, x] / (k + scale / size**2 * s) ** beta
+  return out
+
+
+def test_within_map_norm_matches_the_formula():
+  a = np.random.default_rng(3).normal(0, 20, (2, 7, 6, 3)).astype(np.float32)
+  np.testing.assert_allclose(model_lib.within_map_norm(jnp.asarray(a)), within_map_loop(a),
+                             rtol=1e-5)
+
+
+def test_lrn1_before_relu_normalizes_pre_activations():
+  """The code's conv1: LRN on the raw conv output, then ReLU; the paper: ReLU, then LRN."""
+  config = small_config(lrn1_before_relu=True, lrn_alpha=1.0, lrn_alpha_over_n=False)
+  m = alexnet_jax.create_model(config, seed=4)
+  x = jax.random.normal(jax.random.key(0), (2, 63, 63, 3))
+  got = np.asarray(m.features(x, 'conv1'))  # After the code's LRN and ReLU.
+  k, b = np.asarray(m.conv1.kernel[...]), np.asarray(m.conv1.bias[...])
+  lo, hi = m.spec.conv1_pads
+  pre = [np.asarray(model_lib.conv(x, k[t], b[t], stride=2, padding=((lo, hi), (lo, hi))))
+         for t in range(2)]
+  want = np.concatenate([np.maximum(lrn_loop(p, 5, 1.0, 0.75, 2.0, False), 0) for p in pre], -1)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  paper = alexnet_jax.create_model(small_config(lrn_alpha=1.0, lrn_alpha_over_n=False), seed=4)
+  np.testing.assert_allclose(paper.features(x, 'conv1'),  # Paper: ReLU only so far.
+                             np.concatenate([np.maximum(p, 0) for p in pre], -1), rtol=1e-5,
+                             atol=1e-6)
+
+
+def dense(x, kernel, bias):
+  return np.concatenate([x @ kernel[t] + bias[t] for t in range(kernel.shape[0])], -1)
+
+
+@pytest.mark.parametrize('variant,inverted', [('paper', False), ('paper', True),
+                                              ('owt', True)])
+def test_train_mode_dropout_by_hand(variant, inverted):
+  """Masks at the right sites, kept units unscaled (paper) or scaled by 1/keep (inverted)."""
+  config = small_config(variant, dropout_inverted=inverted)
+  mesh = sharding.make_mesh(config.towers)
+  m = alexnet_jax.create_model(config, seed=6, mesh=mesh)
+  x = jax.random.normal(jax.random.key(0), (4, 63, 63, 3))
+  key = jax.random.key(11)
+  got = np.asarray(m(x, train=True, dropout_key=key))
+  # The masks, drawn as the model draws them: one per site, sorted by site name.
+  sites = sorted(m.spec.dropout_sites().items())
+  masks = [np.asarray(jax.random.bernoulli(jax.random.fold_in(key, i), 0.5,
+                                           (4, m.spec.towers, *shape)))
+           for i, (_, shape) in enumerate(sites)]
+  scale = 2.0 if inverted else 1.0
+  p = {l: (np.asarray(m.layer(l).kernel[...]), np.asarray(m.layer(l).bias[...]))
+       for l in ('fc6', 'fc7', 'fc8')}
+  relu = lambda v: np.maximum(v, 0)
+  if m.spec.dropout_before_fc:  # torchvision: dropout on fc6's and fc7's inputs.
+    pool5 = np.asarray(m.features(x, 'pool5'))
+    fc6 = relu(dense((pool5 * masks[0][:, 0] * scale).reshape(4, -1), *p['fc6']))
+    fc7 = relu(dense(fc6 * masks[1].reshape(4, -1) * scale, *p['fc7']))
+  else:  # The paper: dropout on fc6's and fc7's outputs.
+    fc6 = np.asarray(m.features(x, 'fc6')) * masks[0].reshape(4, -1) * scale
+    fc7 = relu(dense(fc6, *p['fc7'])) * masks[1].reshape(4, -1) * scale
+  np.testing.assert_allclose(got, dense(fc7, *p['fc8']), rtol=1e-4, atol=1e-5)
+  assert 0.4 < np.mean(np.concatenate([mk.ravel() for mk in masks])) < 0.6
 
 
 def test_init_variants():
@@ -215,6 +317,10 @@ def test_paper_style_dropout_scales_at_test_time():
     (dict(dropout_rate=1.0), 'model.dropout_rate'),
     (dict(compute_dtype='int8'), 'model.compute_dtype'),
     (dict(lrn_sizee=5), 'model.lrn_sizee'),
+    (dict(conv1_stride=0), 'model.conv1_stride'),
+    (dict(pool_stride=0), 'model.pool_stride'),
+    (dict(fc_units=0), 'model.fc_units'),
+    (dict(adaptive_pool=-1), 'model.adaptive_pool'),
 ])
 def test_bad_config_is_one_line_error_naming_the_field(overrides, field):
   config = small_config().to_dict()
