@@ -1,0 +1,188 @@
+"""Training-input throughput: our grain pipeline vs a PyTorch-DataLoader-style PIL pipeline.
+
+    python experiments/benchmark_input.py [--images=2048] [--batches=12] [--repeats=3]
+
+Both read the same prepared 256x256 JPEG records (quality 90, made here from the real photos
+scikit-image ships, varied by crops, flips and scales) and produce 224x224 training batches of
+128: decode, random crop, horizontal flip, PCA lighting, batch. Rows:
+
+  ours (uint8 + lighting offset)  what training uses: uint8 crops and one RGB lighting offset
+                                  per image; mean subtraction and the offset are added inside
+                                  the jitted train step (their cost there is not counted here).
+  ours (float, on host)           data.normalize_on_host=True: the float work in the workers.
+  PyTorch-style                   PIL decode, crop, flip, ToTensor (float CHW / 255), lighting,
+                                  Normalize, torch DataLoader with default collation.
+
+Each with 0 workers (the main process alone: one core) and 2 worker processes (both cores of
+this machine). Medians of --repeats runs; prints a table and appends it to BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from alexnet_jax import datasets, images, input_pipeline, prepare  # noqa: E402
+
+CROP, BATCH = 224, 128
+
+
+def make_records(directory: str, count: int) -> str:
+  """A prepared dataset of `count` distinct 256x256 JPEGs made from real photos."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(),
+            skimage.data.rocket(), skimage.data.immunohistochemistry()]
+  rng = np.random.default_rng(0)
+  root = os.path.join(directory, 'folder')
+  for split, n in (('train', count), ('validation', 8)):
+    for c in range(len(photos)):
+      os.makedirs(os.path.join(root, split, f'class{c}'), exist_ok=True)
+    for i in range(n):
+      c = i % len(photos)
+      photo = photos[c]
+      h, w = photo.shape[:2]
+      s = rng.uniform(0.5, 1.0)
+      ch, cw = int(h * s), int(w * s)
+      top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+      view = photo[top:top + ch, left:left + cw]
+      view = view[:, ::-1] if rng.random() < 0.5 else view
+      scale = rng.uniform(0.6, 1.4)
+      im = Image.fromarray(np.ascontiguousarray(view)).resize(
+          (max(256, int(cw * scale)), max(256, int(ch * scale))))
+      im.save(os.path.join(root, split, f'class{c}', f'{i}.jpg'), quality=90)
+  out = os.path.join(directory, 'prepared')
+  prepare.prepare('folder', root, out, size=256, quality=90, progress=False)
+  return out
+
+
+def ours(directory: str, workers: int, batches: int, on_host: bool) -> float:
+  source = datasets.PreparedSource(directory, 'train')
+  stats = datasets.Stats(classes=())
+  augment = input_pipeline.Augment(CROP)
+  mean = np.asarray(stats.mean_rgb, np.float32)
+  it = input_pipeline.train_dataset(source, augment, global_batch=BATCH, seed=0,
+                                    workers=workers, prefetch=4,
+                                    host_mean=mean if on_host else None,
+                                    process_index=0, process_count=1)
+  next(it)  # Start-up (worker processes) is not throughput.
+  start = time.perf_counter()
+  for _ in range(batches):
+    batch = next(it)
+  seconds = time.perf_counter() - start
+  assert batch['image'].shape == (BATCH, CROP, CROP, 3)
+  it.close()
+  return batches * BATCH / seconds
+
+
+class TorchStyleDataset:
+  """What a PyTorch ImageNet script does per image, with PIL and plain torch ops."""
+
+  def __init__(self, directory: str):
+    self.source = datasets.PreparedSource(directory, 'train')
+    self.eigvec = np.asarray(datasets.IMAGENET_EIGVEC, np.float32)
+    self.eigscale = np.sqrt(np.asarray(datasets.IMAGENET_EIGVAL, np.float32)) / 255.0
+    self.mean = np.asarray(datasets.IMAGENET_MEAN_RGB, np.float32)[:, None, None] / 255.0
+    self.std = np.asarray(datasets.IMAGENET_STD_RGB, np.float32)[:, None, None] / 255.0
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    import torch  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    record, label = self.source.record(i)
+    im = images.open_rgb(record.tobytes())  # Image.open(...).convert('RGB')
+    w, h = im.size
+    top, left = np.random.randint(0, h - CROP + 1), np.random.randint(0, w - CROP + 1)
+    im = im.crop((left, top, left + CROP, top + CROP))  # RandomCrop
+    if np.random.rand() < 0.5:  # RandomHorizontalFlip
+      im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div(255)  # ToTensor
+    alpha = np.random.normal(0, 0.1, 3).astype(np.float32)  # Lighting
+    x = x + torch.from_numpy(self.eigvec @ (alpha * self.eigscale))[:, None, None]
+    x = (x - torch.from_numpy(self.mean)) / torch.from_numpy(self.std)  # Normalize
+    return x, label
+
+
+def torch_style(directory: str, workers: int, batches: int) -> float:
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(1)
+  loader = torch.utils.data.DataLoader(TorchStyleDataset(directory), batch_size=BATCH,
+                                       shuffle=True, num_workers=workers, drop_last=True,
+                                       persistent_workers=workers > 0,
+                                       prefetch_factor=4 if workers else None)
+  it = iter(loader)
+  next(it)
+  start = time.perf_counter()
+  for _ in range(batches):
+    x, _ = next(it)
+  seconds = time.perf_counter() - start
+  assert tuple(x.shape) == (BATCH, 3, CROP, CROP)
+  del it
+  return batches * BATCH / seconds
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return f'{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}'
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--images', type=int, default=2048)
+  parser.add_argument('--batches', type=int, default=12)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--no-record', action='store_true', help='Do not append to BENCHMARKS.md.')
+  args = parser.parse_args()
+  with tempfile.TemporaryDirectory() as tmp:
+    directory = make_records(tmp, args.images)
+    rows = []
+    for workers in (0, 2):
+      cases = [('ours (uint8 + lighting offset)', lambda: ours(directory, workers, args.batches,
+                                                              False)),
+               ('ours (float, on host)', lambda: ours(directory, workers, args.batches, True)),
+               ('PyTorch-style', lambda: torch_style(directory, workers, args.batches))]
+      results = {}
+      for name, fn in cases:
+        results[name] = statistics.median(fn() for _ in range(args.repeats))
+      base = results['PyTorch-style']
+      cores = max(1, workers)
+      for name, rate in results.items():
+        rows.append((name, str(workers), f'{rate:,.0f}', f'{rate / cores:,.0f}',
+                     f'{rate / base:.2f}x'))
+  header = ('pipeline', 'workers', 'images/s', 'images/s per core', 'vs PyTorch-style')
+  widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+  fmt = lambda r: '| ' + ' | '.join(c.ljust(w) for c, w in zip(r, widths)) + ' |'
+  table = '\n'.join([fmt(header), '|' + '|'.join('-' * (w + 2) for w in widths) + '|'] +
+                    [fmt(r) for r in rows])
+  print(table)
+  if not args.no_record:
+    command = 'python experiments/benchmark_input.py ' + ' '.join(sys.argv[1:])
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                            text=True).stdout.strip()
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'BENCHMARKS.md'),
+              'a') as f:
+      f.write(f'\n## Input pipeline, {datetime.date.today()} (commit {commit})\n\n'
+              f'`{command.strip()}` on {machine()}; batches of {BATCH} {CROP}x{CROP} crops '
+              f'from 256x256 JPEG records (quality 90), median of {args.repeats} runs of '
+              f'{args.batches} batches.\n\n{table}\n')
+
+
+if __name__ == '__main__':
+  main()
