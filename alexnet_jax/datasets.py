@@ -52,11 +52,18 @@ class Stats:
   mean_image: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
   @classmethod
-  def of_images(cls, classes, images_u8: np.ndarray) -> Stats:
-    pixels = images_u8.reshape(-1, 3).astype(np.float64)
-    s = prepare.pixel_statistics(images_u8.astype(np.float64).sum(0), pixels.sum(0),
-                                 pixels.T @ pixels, len(images_u8))
-    return cls.from_metadata(classes, s, images_u8.astype(np.float64).mean(0))
+  def of_images(cls, classes, images_u8: np.ndarray, chunk: int = 256) -> Stats:
+    """Statistics of (N, S, S, 3) uint8 images, summed in chunks to bound memory."""
+    image_sum = np.zeros(images_u8.shape[1:], np.float64)
+    rgb_sum, rgb_outer = np.zeros(3), np.zeros((3, 3))
+    for start in range(0, len(images_u8), chunk):
+      block = images_u8[start:start + chunk]
+      pixels = block.reshape(-1, 3).astype(np.float64)
+      image_sum += block.sum(0, dtype=np.float64)
+      rgb_sum += pixels.sum(0)
+      rgb_outer += pixels.T @ pixels
+    s = prepare.pixel_statistics(image_sum, rgb_sum, rgb_outer, len(images_u8))
+    return cls.from_metadata(classes, s, image_sum / len(images_u8))
 
   @classmethod
   def from_metadata(cls, classes, meta: dict, mean_image: np.ndarray | None) -> Stats:
@@ -116,6 +123,11 @@ def digits(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
   resized = np.stack([np.asarray(Image.fromarray(g).resize((image_size, image_size),
                                                            Image.BILINEAR)) for g in grey])
   return np.repeat(resized[..., None], 3, axis=-1), d.target[index].astype(np.int32)
+
+
+@functools.lru_cache(maxsize=4)
+def _digits_stats(image_size: int) -> Stats:
+  return Stats.of_images(tuple(map(str, range(10))), digits('train', image_size)[0])
 
 
 class PreparedSource:
@@ -231,9 +243,8 @@ def open_source(data, split: str):
     raise DataError(f'data.source: must be one of {SOURCES}, got {data.source!r}')
   path = os.path.expanduser(data.path) if data.path else ''
   if data.source == 'digits':
-    train = digits('train', data.image_size)
-    x, y = train if split == 'train' else digits(split, data.image_size)
-    return ArraySource(x, y), Stats.of_images(tuple(map(str, range(10))), train[0])
+    x, y = digits(split, data.image_size)
+    return ArraySource(x, y), _digits_stats(data.image_size)
   if data.source == 'tfds':  # tfds's own default data_dir when no path is given.
     source = TfdsSource(data.tfds_name, split, path or None, data.image_size)
     return source, Stats(classes=source.classes())

@@ -267,15 +267,17 @@ def global_batches(dataset, mesh) -> Iterator[dict[str, jax.Array]]:
 @dataclasses.dataclass
 class Data:
   """What the training loop needs of the data: iterables, statistics and the mean."""
-  train: Any
-  eval: Any
+  train: Batches  # This process's training batches (restartable).
+  eval: Any  # Center crops, every example once, padded and masked.
+  eval_whole: Any  # The same with whole images, for 10-view evaluation.
   stats: datasets.Stats
   mean: np.ndarray
   divide: float
+  train_examples: int
   eval_examples: int
 
 
-def create(config, mesh=None, *, eval_crop: bool = True) -> Data:
+def create(config) -> Data:
   """The train and eval pipelines of `config` (sections `data`, `model`, and `batch_size`)."""
   data = config.data
   crop = config.model.image_size
@@ -295,7 +297,8 @@ def create(config, mesh=None, *, eval_crop: bool = True) -> Data:
                         seed=config.seed, workers=data.workers, prefetch=data.prefetch,
                         host_mean=mean if data.normalize_on_host else None,
                         divide=data.divide)
-  evaluation = eval_dataset(eval_source, global_batch=config.batch_size,
-                            crop=crop if eval_crop else None, workers=data.workers,
-                            prefetch=data.prefetch)
-  return Data(train, evaluation, stats, mean, data.divide, len(eval_source))
+  evaluation = {c: eval_dataset(eval_source, global_batch=config.batch_size, crop=c,
+                                workers=data.workers, prefetch=data.prefetch)
+                for c in (crop, None)}
+  return Data(train, evaluation[crop], evaluation[None], stats, mean, data.divide,
+              len(train_source), len(eval_source))

@@ -88,10 +88,8 @@ def test_resize_shorter_side_and_center_crop():
 # ---- Fixtures: an image folder and ILSVRC-format tars -----------------------------------------
 
 
-@pytest.fixture(scope='module')
-def folder(tmp_path_factory):
+def make_folder(root):
   """root/{train,val}/{cat,coffee,space}/*.jpg from real photos, crops and flips of them."""
-  root = tmp_path_factory.mktemp('folder')
   p = photos()
   sources = {'cat': p['chelsea'], 'coffee': p['coffee'], 'space': p['rocket']}
   for split, count in (('train', 6), ('val', 2)):
@@ -103,6 +101,11 @@ def folder(tmp_path_factory):
         view = view[:, ::-1] if i % 2 else view
         (root / split / c / f'{c}_{i}.jpg').write_bytes(jpeg(np.ascontiguousarray(view)))
   return root
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  return make_folder(tmp_path_factory.mktemp('folder'))
 
 
 def add_member(tar, name, data):

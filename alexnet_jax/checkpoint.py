@@ -1,0 +1,92 @@
+"""Orbax checkpoints of the whole run, verified by a checksum of the parameters.
+
+A checkpoint holds the train state (step, parameters, optimizer state with its learning
+rate) and a JSON part (the data iterator's state, the schedule's state, the config, and a
+checksum of the whole train state). The manager keeps the last `keep` checkpoints and the best by
+validation error. Orbax stores no checksums of its own, so a flipped byte would restore
+silently: `restore_latest` recomputes the checksum and falls back to the previous good
+checkpoint when it, or the files, do not check out.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def checksum(tree) -> str:
+  """SHA-256 of every leaf's bytes, in tree order (the same on any mesh)."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    a = np.asarray(jax.device_get(leaf))
+    h.update(str((a.shape, a.dtype.str)).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def all_finite(tree) -> bool:
+  return all(bool(np.isfinite(np.asarray(jax.device_get(x))).all())
+             for x in jax.tree.leaves(tree))
+
+
+class Checkpoints:
+  """Save and restore the run in `directory` (async; call `close` at the end)."""
+
+  def __init__(self, directory: str, *, keep: int = 3):
+    self.directory = os.path.abspath(os.path.expanduser(directory))
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=keep),
+        ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m['val_error'], reverse=True,
+                                      n=1, keep_checkpoints_without_metrics=False)])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy,
+                                           enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def save(self, step: int, state, meta: dict, *, val_error: float | None = None) -> None:
+    """Saves asynchronously; refuses parameters that are not all finite."""
+    if not all_finite(state.params):
+      raise FloatingPointError(f'checkpoint: refusing to save step {step}: the parameters '
+                               'are not all finite')
+    meta = dict(meta, checksum=checksum(state))
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)),
+                      metrics=None if val_error is None else {'val_error': val_error},
+                      force=True)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def restore_latest(self, abstract_state):
+    """(state, meta) of the newest checkpoint that reads and checks out, or None.
+
+    `abstract_state` gives shapes, dtypes and shardings (the run's own state, or
+    jax.ShapeDtypeStructs). Damaged checkpoints are reported in one line each and skipped.
+    """
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    for step in reversed(self.steps()):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
+        log.warning('checkpoint %d is unreadable (%s); trying the previous one', step,
+                    str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+        continue
+      if checksum(restored.state) != restored.meta.get('checksum'):
+        log.warning('checkpoint %d fails its checksum; trying the previous one', step)
+        continue
+      return restored.state, restored.meta
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,330 @@
+"""Training: the pure train step, evaluation with 1 and 10 views, and the loop.
+
+`train_and_evaluate(config, workdir)` is what `python -m alexnet_jax.main` runs and what
+notebooks import. Re-running it with the same workdir resumes from the newest good checkpoint,
+bit for bit; SIGTERM saves a checkpoint and exits with status EXIT_PREEMPTED.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import input_pipeline
+from alexnet_jax import metrics as metrics_lib
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import sharding
+
+log = logging.getLogger(__name__)
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after a checkpoint; run again to resume.
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (one line)."""
+
+
+class Preempted(SystemExit):
+  def __init__(self, step):
+    super().__init__(EXIT_PREEMPTED)
+    self.step = step
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any  # nnx.State of the model's nnx.Param variables.
+  opt_state: Any
+
+
+# ---- Loss and errors --------------------------------------------------------------------------
+
+
+def loss_and_errors(logits, labels, num_classes: int):
+  """Per-example cross-entropy, top-1 and top-5 errors (0/1).
+
+  Written with elementwise ops and reductions only, so it runs on logits whose class axis is
+  split over the towers (the paper's fc8) without gathering them.
+  """
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+  loss = -jnp.sum(jax.nn.log_softmax(logits) * one_hot, axis=-1)
+  true_logit = jnp.sum(logits * one_hot, axis=-1, keepdims=True)
+  rank = jnp.sum(logits > true_logit, axis=-1)  # Classes scored above the true one.
+  return loss, (rank >= 1).astype(jnp.float32), (rank >= 5).astype(jnp.float32)
+
+
+# ---- Steps ------------------------------------------------------------------------------------
+
+
+def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float):
+  """The pure train step, jitted once with the state donated."""
+
+  def step_fn(state: TrainState, batch, mean):
+    dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
+    images = batch['image']
+    if images.dtype == jnp.uint8:  # Otherwise the workers normalized already.
+      images = input_pipeline.normalize(images, batch['lighting'], mean, divide)
+
+    def loss_fn(params):
+      logits = nnx.merge(graphdef, params)(images, train=True, dropout_key=dropout_key)
+      loss, top1, top5 = loss_and_errors(logits, batch['label'], num_classes)
+      return loss.mean(), (top1.mean(), top5.mean())
+
+    (loss, (top1, top5)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(jnp.add, state.params, updates)
+    # A non-finite loss or gradient skips the update: parameters stay finite.
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           opt_state=keep(opt_state, state.opt_state))
+    metrics = {'loss': loss, 'top1_error': top1, 'top5_error': top5,
+               'finite': finite.astype(jnp.float32)}
+    return new_state, metrics
+
+  return jax.jit(step_fn, donate_argnums=0)
+
+
+def make_eval_step(graphdef, *, num_classes: int, divide: float, crop: int, views: int):
+  """Sums of loss and errors over the valid examples of one batch, with 1 or 10 views."""
+
+  @jax.jit
+  def eval_fn(params, batch, mean):
+    net = nnx.merge(graphdef, params)
+    images = batch['image']
+    if views == 10:
+      images = input_pipeline.ten_views(images, crop)  # (B, 10, c, c, 3)
+      images = images.reshape((-1,) + images.shape[2:])
+    x = input_pipeline.normalize(images, jnp.zeros((images.shape[0], 3), jnp.float32), mean,
+                                 divide)
+    probs = jax.nn.softmax(net(x))
+    probs = probs.reshape((batch['label'].shape[0], views, -1)).mean(1)  # Average the views.
+    loss, top1, top5 = loss_and_errors(jnp.log(probs + 1e-12), batch['label'], num_classes)
+    mask = batch['mask'].astype(jnp.float32)
+    return {'loss': jnp.sum(loss * mask), 'top1_error': jnp.sum(top1 * mask),
+            'top5_error': jnp.sum(top5 * mask), 'count': jnp.sum(mask)}
+
+  return eval_fn
+
+
+def evaluate(eval_fn, params, dataset, mesh, mean) -> dict[str, float]:
+  totals = None
+  for batch in input_pipeline.global_batches(dataset, mesh):
+    out = eval_fn(params, batch, mean)
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  count = float(totals.pop('count'))
+  return {k: float(v) / count for k, v in totals.items()}
+
+
+# ---- Config ----------------------------------------------------------------------------------
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The fields every config shares; configs/*.py fill in model and data."""
+  from alexnet_jax import datasets  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Parameter init, data order, augmentation and dropout keys.
+  c.batch_size = 128  # Global batch (s3).
+  c.num_epochs = 90  # About 90 epochs (s3).
+  c.steps_per_epoch = 0  # 0: training examples // batch_size.
+  c.optim = optim.config()
+  c.data = datasets.config()
+  c.checkpoint_keep = 3  # Last checkpoints kept (the best by validation error is kept too).
+  c.checkpoint_every_epochs = 1  # Checkpoint after every this many epochs (and at the end).
+  c.max_nonfinite_steps = 10  # Stop after more non-finite losses than this in a row.
+  c.log_every_steps = 1  # Training metrics to metrics.jsonl and TensorBoard.
+  c.progress = True  # The terminal progress bar.
+  return c
+
+
+# ---- Config checks ----------------------------------------------------------------------------
+
+
+def check_config(config: ml_collections.ConfigDict, mesh) -> None:
+  """Fails before any work with one line naming the field."""
+  model_lib.ModelSpec.from_config(config.model)  # Variant, sizes, input too small, ...
+  data_parallel = sharding.data_size(mesh)
+  if config.batch_size < 1 or config.batch_size % data_parallel:
+    raise ValueError(f'batch_size: {config.batch_size} is not a positive multiple of the '
+                     f'data-parallel size {data_parallel}')
+  if config.num_epochs < 1:
+    raise ValueError(f'num_epochs: must be >= 1, got {config.num_epochs}')
+  if config.checkpoint_keep < 1:
+    raise ValueError(f'checkpoint_keep: must be >= 1, got {config.checkpoint_keep}')
+  optim.create(config.optim)
+
+
+# ---- The loop ---------------------------------------------------------------------------------
+
+
+class _SigtermFlag:
+  """Set by SIGTERM (preemption); the loop checks it between steps."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (a notebook thread): no handler.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  mesh = sharding.make_mesh(config.model.towers)
+  check_config(config, mesh)
+  data = input_pipeline.create(config)
+  if len(data.stats.classes) != config.model.num_classes:
+    raise ValueError(f'model.num_classes: {config.model.num_classes}, but the data has '
+                     f'{len(data.stats.classes)} classes')
+  os.makedirs(workdir, exist_ok=True)
+
+  net = model_lib.create_model(config.model, mesh=mesh, seed=config.seed)
+  graphdef, params = nnx.split(net, nnx.Param)
+  tx = optim.create(config.optim)
+  with jax.set_mesh(mesh):  # Jitted, the buffers take the params' shardings.
+    opt_state = jax.jit(tx.init)(params)
+    step0 = jax.device_put(jnp.zeros((), jnp.int32), sharding.named(mesh, sharding.REPLICATED))
+  state = TrainState(step=step0, params=params, opt_state=opt_state)
+  plateau = optim.Plateau(config.optim.base_lr, config.optim.plateau_patience,
+                          config.optim.plateau_threshold, config.optim.plateau_factor,
+                          config.optim.max_drops)
+  steps_per_epoch = config.steps_per_epoch or max(1, data.train_examples // config.batch_size)
+  total_steps = config.num_epochs * steps_per_epoch
+
+  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                           keep=config.checkpoint_keep)
+  history_path = os.path.join(workdir, 'metrics.jsonl')
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    if meta['num_classes'] != config.model.num_classes:
+      raise ValueError(f'model.num_classes: {config.model.num_classes}, but the checkpoint '
+                       f'in {checkpoints.directory} has {meta["num_classes"]}')
+    data.train.set_state(meta['data'])
+    plateau.restore(meta['plateau'])
+    log.info('resumed from step %d', int(state.step))
+  writer = metrics_lib.Writer(workdir, resume_step=int(state.step))
+  meta_base = {'num_classes': config.model.num_classes, 'config': config.to_json()}
+
+  train_step = make_train_step(graphdef, tx, seed=config.seed,
+                               num_classes=config.model.num_classes, divide=data.divide)
+  crop = config.model.image_size
+  eval_1view = make_eval_step(graphdef, num_classes=config.model.num_classes,
+                              divide=data.divide, crop=crop, views=1)
+  mean = jax.device_put(data.mean, sharding.named(mesh, sharding.REPLICATED))
+
+  def save(step, val_error=None):
+    checkpoints.save(step, state, dict(meta_base, data=data.train.get_state(),
+                                       plateau=plateau.state()), val_error=val_error)
+
+  step = int(state.step)
+  lr = float(optim.learning_rate(state.opt_state))  # Kept on the host: no sync per step.
+  nonfinite_in_a_row = 0
+  progress = metrics_lib.Progress(total_steps, initial=step, enabled=config.progress)
+  pending, t_last = None, time.perf_counter()
+  try:
+    with _SigtermFlag() as sigterm:
+      while step < total_steps:
+        epoch = step // steps_per_epoch
+        if config.optim.schedule == 'manual':
+          wanted = optim.manual_lr(config.optim.base_lr, epoch,
+                                   config.optim.manual_drop_epochs, config.optim.plateau_factor)
+          if not math.isclose(wanted, lr):
+            lr = wanted
+            state = state.replace(opt_state=optim.set_lr(state.opt_state, lr))
+        batch = input_pipeline.to_global(next(data.train), mesh)
+        state, metrics = train_step(state, batch, mean)
+        step += 1
+        # Metrics are pulled to the host one step late, so the device never waits on them.
+        if pending is not None:
+          nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
+        now = time.perf_counter()
+        pending = (step, metrics, config.batch_size / (now - t_last), now - t_last, lr)
+        t_last = now
+        if sigterm.raised:
+          save(step)
+          checkpoints.wait()
+          raise Preempted(step)
+        if step % steps_per_epoch == 0 or step == total_steps:
+          nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
+          pending = None
+          val = evaluate(eval_1view, state.params, data.eval, mesh, mean)
+          writer.write(step, {f'val_{k}': v for k, v in val.items()}
+                       | {'epoch': step / steps_per_epoch})
+          progress.show_eval(val)
+          if config.optim.schedule == 'plateau' and plateau.update(val['top1_error']):
+            lr = plateau.lr
+            state = state.replace(opt_state=optim.set_lr(state.opt_state, lr))
+            log.info('validation error stopped improving: learning rate now %g', lr)
+          if (step // steps_per_epoch) % config.checkpoint_every_epochs == 0 or \
+              step == total_steps:
+            save(step, val_error=val['top1_error'])
+  finally:
+    progress.close()
+    checkpoints.close()
+    data.train.close()
+
+  final = {'step': step, 'epochs': step / steps_per_epoch}
+  for views in (1, 10):
+    fn = make_eval_step(graphdef, num_classes=config.model.num_classes, divide=data.divide,
+                        crop=crop, views=views)
+    dataset = data.eval if views == 1 else data.eval_whole
+    for k, v in evaluate(fn, state.params, dataset, mesh, mean).items():
+      final[f'{views}view_{k}'] = v
+  writer.write(step, {f'final_{k}': v for k, v in final.items()})
+  writer.close()
+  with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+    json.dump(final, f, indent=1)
+  metrics_lib.plot(history_path, os.path.join(workdir, 'curves.png'))
+  print(f'final: 1-view top-1 error {final["1view_top1_error"]:.4f}, top-5 '
+        f'{final["1view_top5_error"]:.4f}; 10-view top-1 {final["10view_top1_error"]:.4f}, '
+        f'top-5 {final["10view_top5_error"]:.4f}')
+  return final
+
+
+def _record(pending, writer, progress, nonfinite_in_a_row, config) -> int:
+  step, metrics, images_per_s, step_time, lr = pending
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if metrics.pop('finite') < 1:
+    nonfinite_in_a_row += 1
+    writer.count_nonfinite(step)
+    if nonfinite_in_a_row > config.max_nonfinite_steps:
+      raise TrainingError(f'training: {nonfinite_in_a_row} steps in a row had a non-finite '
+                          f'loss or gradient (last at step {step}); lower optim.base_lr or '
+                          'check the data')
+  else:
+    nonfinite_in_a_row = 0
+  metrics.update(images_per_s=images_per_s, step_time_s=step_time, lr=lr)
+  if step % config.log_every_steps == 0:
+    writer.write(step, {f'train_{k}' if 'error' in k or k == 'loss' else k: v
+                        for k, v in metrics.items()})
+  progress.update(step, metrics)
+  return nonfinite_in_a_row
