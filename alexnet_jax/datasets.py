@@ -169,10 +169,14 @@ class PreparedSource:
     return data[offsets[j]:offsets[j + 1]], int(labels[j])
 
   def __getitem__(self, i: int):
+    return self.load(i)
+
+  def load(self, i: int):
+    """(image, label): (S, S, 3) uint8 (a view of the file for raw records)."""
     record, label = self.record(i)
     if self.format == 'raw':
       return np.asarray(record).reshape(self.size, self.size, 3), label
-    return images.decode_rgb(record.tobytes()), label
+    return images.decode_prepared_jpeg(record), label
 
 
 class FolderSource:

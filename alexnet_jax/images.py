@@ -56,6 +56,26 @@ def open_rgb(data: bytes, *, draft_size: int | None = None) -> Image.Image:
     raise BadImage(str(e) or type(e).__name__) from None
 
 
+try:  # libjpeg-turbo without PIL's object overhead: about 2x faster for 256x256 JPEGs.
+  import simplejpeg  # pylint: disable=g-import-not-at-top
+except ImportError:  # pragma: no cover
+  simplejpeg = None
+
+
+def decode_prepared_jpeg(record) -> np.ndarray:
+  """A JPEG that `prepare` wrote (baseline, RGB) -> (H, W, 3) uint8, the fast way.
+
+  Same decoder settings as PIL's (accurate DCT, smooth upsampling), so the same pixels.
+  """
+  data = record.tobytes() if hasattr(record, 'tobytes') else bytes(record)
+  if simplejpeg is not None:
+    try:
+      return simplejpeg.decode_jpeg(data, colorspace='RGB')
+    except ValueError:
+      pass  # Anything unusual: PIL's path below, which handles every kind of file.
+  return decode_rgb(data)
+
+
 def decode_rgb(data: bytes) -> np.ndarray:
   """Any image file's bytes -> (H, W, 3) uint8."""
   return np.asarray(open_rgb(data))
@@ -64,12 +84,12 @@ def decode_rgb(data: bytes) -> np.ndarray:
 def resize_and_center_crop(im: Image.Image, size: int) -> np.ndarray:
   """The paper's preprocessing: shorter side to `size`, then the central size x size."""
   w, h = im.size
-  scale = size / min(w, h)
-  nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-  if (nw, nh) != (w, h):
-    im = im.resize((nw, nh), Image.BILINEAR)
-  left, top = (nw - size) // 2, (nh - size) // 2
-  return np.asarray(im.crop((left, top, left + size, top + size)))
+  side = min(w, h)  # The central square of the original: resizing only it bounds memory
+  left, top = (w - side) / 2, (h - side) / 2  # even for extreme aspect ratios.
+  if side == size:
+    return np.asarray(im.crop((int(left), int(top), int(left) + size, int(top) + size)))
+  return np.asarray(im.resize((size, size), Image.BILINEAR,
+                              box=(left, top, left + side, top + side)))
 
 
 def load_resized(data: bytes, size: int) -> np.ndarray:

@@ -1,9 +1,9 @@
 """The paper's data augmentation (s4) and the grain pipeline that feeds the mesh.
 
-Host side (grain workers): decode, random crop, horizontal flip and a draw of the PCA
-lighting noise, batched as uint8 images plus one RGB offset per image. Device side (inside the
-jitted step, `normalize`): subtract the mean, add the lighting offset, optionally divide by
-1.1 (the code's). Shipping uint8 keeps host work and host-to-device traffic 4x smaller;
+Host side (grain workers): decode, random crop, and the draws of the horizontal flip and the
+PCA lighting noise, batched as uint8 crops plus a flip flag and one RGB offset per image.
+Device side (inside the jitted step, `normalize`): reflect the flagged crops, subtract the
+mean, add the lighting offset, optionally divide by 1.1 (the code's). Shipping uint8 keeps host work and host-to-device traffic 4x smaller;
 `data.normalize_on_host=True` does the float work in the workers instead.
 
 Order and randomness depend only on (seed, global example position): every epoch is a fresh
@@ -51,13 +51,15 @@ class Augment:
     return (np.asarray(self.eigvec) @ (alpha * np.sqrt(self.eigval))).astype(np.float32)
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator):
+    """(crop, flip, lighting offset). The crop is not yet reflected: `normalize` applies
+    `flip`, on the device, where a reflection is nearly free (a reversed 3-byte-pixel copy
+    costs numpy as much as a whole JPEG decode)."""
     s = image.shape[0]
-    top, left = rng.integers(0, s - self.crop + 1, size=2)
-    crop = image[top:top + self.crop, left:left + self.crop]
-    if self.flip and rng.random() < 0.5:
-      crop = crop[:, ::-1]
+    top, left = (int(v) for v in rng.integers(0, s - self.crop + 1, size=2))
+    flip = np.bool_(self.flip and rng.random() < 0.5)
+    crop = np.ascontiguousarray(image[top:top + self.crop, left:left + self.crop])
     light = (self.lighting(rng) if self.lighting_std > 0 else np.zeros(3, np.float32))
-    return np.ascontiguousarray(crop), light
+    return crop, flip, light
 
 
 def center_crop(image: np.ndarray, crop: int) -> np.ndarray:
@@ -90,14 +92,26 @@ def mean_for(stats: datasets.Stats, mode: str, crop: int) -> np.ndarray:
   raise datasets.DataError(f"data.mean: must be 'image' or 'rgb', got {mode!r}")
 
 
-def normalize(images_u8, lighting, mean, divide: float = 1.0):
-  """(x - mean + lighting) / divide in float32; jnp inside jit, numpy on the host."""
+def normalize(images_u8, lighting, mean, divide: float = 1.0, flip=None):
+  """Reflect where `flip`, then (x - mean + lighting) / divide in float32; jnp inside jit,
+  numpy on the host. `mean` is that of unreflected crops: the code subtracts the mean
+  image's center crop from every crop, reflected or not."""
   xp = jnp if isinstance(images_u8, jax.Array) else np
+  if flip is not None:
+    images_u8 = xp.where(flip[:, None, None, None], images_u8[:, :, ::-1], images_u8)
   x = images_u8.astype(xp.float32) - mean + lighting[:, None, None, :]
   return x / divide if divide != 1.0 else x
 
 
 # ---- The grain pipeline ----------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=2)  # The current epoch's and, at a boundary, the next one's.
+def _permutation(seed: int, epoch: int, examples: int) -> np.ndarray:
+  """The order of `epoch`: a pure function, safe for grain's reader threads to share."""
+  order = np.random.default_rng([seed, epoch]).permutation(examples)
+  order.flags.writeable = False
+  return order
 
 
 class GlobalPositions:
@@ -113,7 +127,6 @@ class GlobalPositions:
     self.process_index, self.seed, self.shuffle = process_index, seed, shuffle
     steps = (examples * epochs) // global_batch if epochs else 1 << 40
     self.length = steps * self.local_batch
-    self._epoch, self._order = -1, None
 
   def __len__(self) -> int:
     return self.length
@@ -124,28 +137,61 @@ class GlobalPositions:
     epoch, k = divmod(position, self.examples)
     if not self.shuffle:
       return k, position
-    if epoch != self._epoch:
-      self._order = np.random.default_rng([self.seed, epoch]).permutation(self.examples)
-      self._epoch = epoch
-    return int(self._order[k]), position
+    return int(_permutation(self.seed, epoch, self.examples)[k]), position
 
 
 class TrainExample:
   """(example index, position) -> augmented example; randomness from (seed, position)."""
 
-  def __init__(self, source, augment: Augment, seed: int, host_mean: np.ndarray | None,
-               divide: float):
+  def __init__(self, source, augment: Augment, seed: int):
     self.source, self.augment, self.seed = source, augment, seed
-    self.host_mean, self.divide = host_mean, divide
 
   def __call__(self, index_position):
     index, position = index_position
     image, label = self.source[index]
-    crop, light = self.augment(image, np.random.default_rng([self.seed, position]))
-    if self.host_mean is not None:
-      crop = normalize(crop[None], light[None], self.host_mean, self.divide)[0]
-      light = np.zeros(3, np.float32)
-    return {'image': crop, 'lighting': light, 'label': np.int32(label)}
+    crop, flip, light = self.augment(image, np.random.default_rng([self.seed, position]))
+    return {'image': crop, 'flip': flip, 'lighting': light, 'label': np.int32(label)}
+
+
+class TrainBatch:
+  """A step's (index, position) rows -> the stacked batch. Working a batch per call keeps
+  grain's per-element bookkeeping out of the hot loop."""
+
+  def __init__(self, example: TrainExample):
+    self.example = example
+
+  def __call__(self, rows):
+    examples = [self.example(row) for row in rows]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+class StepRows:
+  """Step -> this process's (index, position) rows of that global batch."""
+
+  def __init__(self, positions: GlobalPositions, start: int):
+    self.positions, self.start = positions, start
+    self.steps = positions.length // positions.local_batch - start
+
+  def __len__(self) -> int:
+    return self.steps
+
+  def __getitem__(self, step: int):
+    b = self.positions.local_batch
+    first = (self.start + step) * b
+    return [self.positions[i] for i in range(first, first + b)]
+
+
+class HostNormalize:
+  """A whole batch's float work in the worker (data.normalize_on_host), in one numpy pass."""
+
+  def __init__(self, mean: np.ndarray, divide: float):
+    self.mean, self.divide = mean, divide
+
+  def __call__(self, batch):
+    image = normalize(batch['image'], batch['lighting'], self.mean, self.divide,
+                      batch['flip'])
+    return dict(batch, image=image, lighting=np.zeros_like(batch['lighting']),
+                flip=np.zeros_like(batch['flip']))
 
 
 def _example_index(index_position: tuple[int, int]) -> int:
@@ -166,10 +212,11 @@ class EvalExample:
             'mask': np.bool_(valid)}
 
 
-def _iterate(ds: grain.MapDataset, workers: int, prefetch: int):
+def _iterate(ds: grain.MapDataset, workers: int, prefetch: int, threads: int | None = None):
+  """`threads` reader threads per process (default: `prefetch`); decoding releases the GIL."""
   if workers > 0 and not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags; notebooks never parse them.
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch),
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads or max(1, prefetch),
                                             prefetch_buffer_size=max(1, prefetch)))
   if workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
@@ -180,13 +227,14 @@ def _iterate(ds: grain.MapDataset, workers: int, prefetch: int):
 class Batches:
   """This process's training batches from step `step` on; restartable at any step.
 
-  The state is the number of batches consumed, `{'step': n}`: small JSON for the checkpoint,
-  and valid whatever the number of workers of the run that restores it, since every batch
-  is determined by its step alone.
+  The state is the number of batches consumed, with what identifies the stream (seed, global
+  batch, dataset size): small JSON for the checkpoint, valid whatever the number of workers
+  of the run that restores it, since every batch is determined by its step alone. Restoring
+  the state of another stream is an error, not silently different batches.
   """
 
-  def __init__(self, make, step: int = 0):
-    self._make, self.step, self._it = make, step, None
+  def __init__(self, make, identity: dict[str, int], step: int = 0):
+    self._make, self.identity, self.step, self._it = make, identity, step, None
 
   def __iter__(self):
     return self
@@ -199,9 +247,13 @@ class Batches:
     return batch
 
   def get_state(self) -> dict[str, int]:
-    return {'step': self.step}
+    return {'step': self.step, **self.identity}
 
   def set_state(self, state: dict[str, int]) -> None:
+    for key, value in self.identity.items():
+      if state.get(key, value) != value:
+        raise datasets.DataError(f'data: the saved input state has {key}={state[key]}, this '
+                                 f'run {value}; resume with the same {key}')
     self.close()
     self.step = int(state['step'])
 
@@ -215,22 +267,24 @@ class Batches:
 def train_dataset(source, augment: Augment, *, global_batch: int, seed: int,
                   workers: int = 0, prefetch: int = 2, epochs: int | None = None,
                   host_mean: np.ndarray | None = None, divide: float = 1.0,
-                  process_index: int | None = None, process_count: int | None = None
-                  ) -> Batches:
+                  process_index: int | None = None, process_count: int | None = None,
+                  threads: int | None = None) -> Batches:
   """This process's share of each global training batch, as a restartable iterator."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   positions = GlobalPositions(len(source), global_batch, process_index=process_index,
                               process_count=process_count, seed=seed, shuffle=True,
                               epochs=epochs)
-  example = TrainExample(source, augment, seed, host_mean, divide)
+  example = TrainExample(source, augment, seed)
 
   def make(step):
-    ds = (grain.MapDataset.source(positions)[step * positions.local_batch:]
-          .map(example).batch(positions.local_batch, drop_remainder=True))
-    return _iterate(ds, workers, prefetch)
+    ds = grain.MapDataset.source(StepRows(positions, step)).map(TrainBatch(example))
+    if host_mean is not None:
+      ds = ds.map(HostNormalize(host_mean, divide))
+    return _iterate(ds, workers, prefetch, threads)
 
-  return Batches(make)
+  return Batches(make, {'seed': seed, 'global_batch': global_batch,
+                       'examples': len(source)})
 
 
 def eval_dataset(source, *, global_batch: int, crop: int | None, workers: int = 0,

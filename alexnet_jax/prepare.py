@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.resources
 import json
 import multiprocessing
@@ -74,8 +75,12 @@ def imagenet_validation_labels() -> list[str]:
 
 
 def _tfds_resource(name: str) -> list[str]:
-  path = importlib.resources.files('tensorflow_datasets') / 'datasets' / 'imagenet2012' / name
-  return path.read_text().split()
+  try:
+    path = importlib.resources.files('tensorflow_datasets') / 'datasets' / 'imagenet2012' / name
+    return path.read_text().split()
+  except (ImportError, OSError) as e:
+    raise PrepareError(f'ImageNet labels come from tensorflow-datasets: pip install '
+                       f'tensorflow-datasets ({e})') from None
 
 
 def list_folder(root: str) -> tuple[list[str], dict[str, list[Item]]]:
@@ -83,6 +88,8 @@ def list_folder(root: str) -> tuple[list[str], dict[str, list[Item]]]:
   if not os.path.isdir(root):
     raise PrepareError(f'--input: no directory {root!r}')
   splits = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(root, s))]
+  if 'val' in splits and 'validation' in splits:
+    raise PrepareError(f'--input: {root!r} has both val/ and validation/; keep one')
   if 'train' not in splits:
     raise PrepareError(f'--input: {root!r} has no train/ folder (expected '
                        'root/<split>/<class>/<image>)')
@@ -118,6 +125,13 @@ def _tar_members(path: str, base: int = 0, fileobj=None):
 
 def list_ilsvrc(root: str) -> tuple[list[str], dict[str, list[Item]]]:
   """Classes and items of the raw ILSVRC-2012 train and validation tars."""
+  try:
+    return _list_ilsvrc(root)
+  except (tarfile.TarError, OSError) as e:
+    raise PrepareError(f'--input: cannot read the ILSVRC tars in {root!r} ({e})') from None
+
+
+def _list_ilsvrc(root: str):
   wnids = imagenet_labels()
   index = {w: i for i, w in enumerate(wnids)}
   train_tar = os.path.join(root, 'ILSVRC2012_img_train.tar')
@@ -144,7 +158,10 @@ def list_ilsvrc(root: str) -> tuple[list[str], dict[str, list[Item]]]:
     labels = imagenet_validation_labels()
     items = []
     for name, offset, size in sorted(_tar_members(val_tar)):
-      number = int(os.path.splitext(os.path.basename(name))[0].split('_')[-1])
+      stem = os.path.splitext(os.path.basename(name))[0]
+      if not stem.startswith('ILSVRC2012_val_') or not stem[15:].isdigit():
+        raise PrepareError(f'--input: {name!r} in {val_tar!r} is not an ILSVRC2012_val_N file')
+      number = int(stem[15:])
       items.append(Item(name, index[labels[number - 1]], val_tar, offset, size))
     out['validation'] = items
   return wnids, out
@@ -179,10 +196,17 @@ def list_tfds(data_dir: str, name: str) -> tuple[list[str], dict[str, list[Item]
   try:
     builder = tfds.builder(name, data_dir=data_dir)
     classes = list(builder.info.features['label'].names)
-    splits = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
   except Exception as e:  # tfds raises many types for a missing or unprepared dataset.
     raise PrepareError(f'--tfds_name: cannot read {name!r} under {data_dir!r} ({e})'.replace(
         '\n', ' ')) from None
+  splits = {}
+  for split in list(builder.info.splits) or ['train', 'validation', 'test']:
+    try:
+      splits[split] = len(tfds.data_source(name, split=split, data_dir=data_dir))
+    except Exception:  # pylint: disable=broad-except  # A split that is not on disk.
+      continue
+  if not splits:
+    raise PrepareError(f'--tfds_name: {name!r} under {data_dir!r} has no readable split')
   return classes, {s: [Item(f'{s}[{i}]', -1, tfds_index=i) for i in range(n)]
                    for s, n in splits.items()}
 
@@ -204,9 +228,11 @@ def _load(item: Item, size: int, tfds_spec: tuple[str, str, str] | None):
     image = np.asarray(record['image'])
     if image.ndim == 2 or image.shape[-1] == 1:
       image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
+    label = int(record['label'])
+    if label < 0:  # e.g. imagenet2012's test split: no labels to train or evaluate on.
+      raise images.BadImage('unlabeled example')
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    return images.resize_and_center_crop(Image.fromarray(image[..., :3]), size), int(
-        record['label'])
+    return images.resize_and_center_crop(Image.fromarray(image[..., :3]), size), label
   with open(item.path, 'rb') as f:
     if item.size >= 0:
       f.seek(item.offset)
@@ -232,8 +258,9 @@ def convert_shard(task: tuple) -> tuple[str, int, int]:
     for item in items:
       try:
         image, label = _load(item, size, tfds_spec)
-      except (images.BadImage, OSError) as e:
-        bad.append(f'{item.name}: {e}')
+      except Exception as e:  # pylint: disable=broad-except  # No single file stops the run.
+        reason = str(e).splitlines()[0] if str(e) else ''
+        bad.append(f'{item.name}: {type(e).__name__}: {reason}'[:300])
         continue
       record = images.encode_jpeg(image, quality) if fmt == 'jpeg' else image.tobytes()
       f.write(record)
@@ -287,6 +314,11 @@ def prepare(source: str, input_path: str, output: str, *, size: int = 256, fmt: 
     raise PrepareError(f'--source: must be one of {tuple(listers)}, got {source!r}')
   classes, splits = listers[source](input_path)
   os.makedirs(output, exist_ok=True)
+  _check_settings(output, {'source': source, 'size': size, 'format': fmt, 'quality': quality,
+                           'shard_size': shard_size, 'items': {
+                               s: hashlib.sha256('\n'.join(f'{i.name}\t{i.label}' for i in items)
+                                                 .encode()).hexdigest()
+                               for s, items in splits.items()}})
   tasks = []
   for split, items in splits.items():
     spec = (tfds_name, split, input_path) if source == 'tfds' else None
@@ -298,9 +330,29 @@ def prepare(source: str, input_path: str, output: str, *, size: int = 256, fmt: 
   return _write_metadata(output, classes, splits, shard_size, size, fmt, quality, source)
 
 
+SETTINGS = 'prepare_settings.json'
+
+
+def _check_settings(output: str, settings: dict) -> None:
+  """Refuses to resume into `output` with other settings or inputs: shards would mix."""
+  path = os.path.join(output, SETTINGS)
+  if os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    for key in settings:
+      if before.get(key) != settings[key]:
+        what = 'the input files' if key == 'items' else f'--{key}'
+        raise PrepareError(f'--output: {output!r} was prepared with different {what}; '
+                           'use a new --output directory')
+  else:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(settings, f)
+    os.replace(path + '.tmp', path)
+
+
 def _run(tasks: Sequence[tuple], workers: int | None, progress: bool, total: int) -> None:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
+  workers = min(workers or len(os.sched_getaffinity(0)), max(1, len(tasks)))
   bar = tqdm(total=total, unit='img', disable=not progress, desc='prepare')
   if workers == 1:
     for task in tasks:

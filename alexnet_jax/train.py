@@ -76,7 +76,8 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float)
     dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
     images = batch['image']
     if images.dtype == jnp.uint8:  # Otherwise the workers normalized already.
-      images = input_pipeline.normalize(images, batch['lighting'], mean, divide)
+      images = input_pipeline.normalize(images, batch['lighting'], mean, divide,
+                                        batch['flip'])
 
     def loss_fn(params):
       logits = nnx.merge(graphdef, params)(images, train=True, dropout_key=dropout_key)

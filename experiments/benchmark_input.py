@@ -13,8 +13,9 @@ scikit-image ships, varied by crops, flips and scales) and produce 224x224 train
   PyTorch-style                   PIL decode, crop, flip, ToTensor (float CHW / 255), lighting,
                                   Normalize, torch DataLoader with default collation.
 
-Each with 0 workers (the main process alone: one core) and 2 worker processes (both cores of
-this machine). Medians of --repeats runs; prints a table and appends it to BENCHMARKS.md.
+Each with 0 workers (the main process alone with one reader thread: one core) and 2 worker
+processes (both cores of this machine). Like for like, compare "ours (float, on host)" with
+the PyTorch-style row: both do all the float work on the host. Medians of --repeats runs; prints a table and appends it to BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -71,10 +72,12 @@ def ours(directory: str, workers: int, batches: int, on_host: bool) -> float:
   stats = datasets.Stats(classes=())
   augment = input_pipeline.Augment(CROP)
   mean = np.asarray(stats.mean_rgb, np.float32)
+  # With no worker processes, one reader thread: a single core, like the torch row.
   it = input_pipeline.train_dataset(source, augment, global_batch=BATCH, seed=0,
                                     workers=workers, prefetch=4,
                                     host_mean=mean if on_host else None,
-                                    process_index=0, process_count=1)
+                                    process_index=0, process_count=1,
+                                    threads=1 if workers == 0 else None)
   next(it)  # Start-up (worker processes) is not throughput.
   start = time.perf_counter()
   for _ in range(batches):

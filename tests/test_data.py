@@ -256,7 +256,8 @@ def test_crop_bounds_and_flip_rate():
   tops, lefts, flips = set(), set(), 0
   n = 4000
   for _ in range(n):
-    crop, light = aug(image, rng)
+    crop, flip, light = aug(image, rng)
+    crop = input_pipeline.normalize(crop[None], light[None], 0, 1.0, np.asarray([flip]))[0]
     assert crop.shape == (32, 32, 3) and not light.any()
     top = int(crop[0, 0, 0])
     flipped = crop[0, 0, 1] > crop[0, -1, 1]
@@ -341,7 +342,7 @@ def test_digits_source_and_determinism():
   b = take(input_pipeline.create(data_config()).train, 3)
   assert_batches_equal(a, b)
   c = take(input_pipeline.create(data_config(flip=False)).train, 1)
-  assert not np.array_equal(a[0]['image'], c[0]['image'])
+  assert a[0]['flip'].any() and not c[0]['flip'].any()
 
 
 def test_every_epoch_is_a_new_permutation_of_every_example():
@@ -367,12 +368,37 @@ def test_iterator_state_restores_the_same_batches(workers):
   resumed = iter(input_pipeline.create(config).train)
   resumed.set_state(state)
   assert_batches_equal(take(resumed, 3), expected)
+  assert state['step'] == 2 and state['global_batch'] == 16 and state['seed'] == 3
   # The state does not depend on the worker count: a run may resume with more or fewer.
   other = iter(input_pipeline.create(data_config(workers=2 - workers)).train)
   other.set_state(state)
   assert_batches_equal(take(other, 3), expected)
   for i in (it, resumed, other):
     i.close()
+
+
+def test_restores_across_epoch_boundaries_and_refuses_another_stream():
+  source = datasets.ArraySource(np.arange(40 * 4 * 4 * 3, dtype=np.uint32).astype(np.uint8)
+                                .reshape(40, 4, 4, 3), np.arange(40))
+  make = lambda **kw: input_pipeline.train_dataset(
+      source, input_pipeline.Augment(3), global_batch=kw.get('batch', 8),
+      seed=kw.get('seed', 0), workers=kw.get('workers', 0), prefetch=3,
+      process_index=0, process_count=1)
+  straight = take(make(), 12)  # 2.4 epochs.
+  for stop in (4, 5, 9):  # Epoch 0 ends after step 5, epoch 1 after step 10.
+    for workers in (0, 2):
+      it = make(workers=workers)
+      take(it, stop)
+      state = it.get_state()
+      it.close()
+      resumed = make(workers=workers)
+      resumed.set_state(state)
+      assert_batches_equal(take(resumed, 12 - stop), straight[stop:])
+      resumed.close()
+  with pytest.raises(datasets.DataError, match='global_batch=8, this run 16'):
+    make(batch=16).set_state(make().get_state())
+  with pytest.raises(datasets.DataError, match='seed'):
+    make(seed=1).set_state(make().get_state())
 
 
 def test_processes_read_disjoint_rows_of_the_same_global_batches():
@@ -409,14 +435,23 @@ def test_global_batches_land_on_the_data_axis():
   assert batch['image'].shape == (16, 32, 32, 3)
   assert batch['image'].sharding.spec == sharding.BATCH
   assert len({s.index[0].start for s in batch['image'].addressable_shards}) == 2
+  host = take(input_pipeline.create(data_config()).train, 1)[0]
+  for k in host:  # The global array holds this process's rows, in order.
+    np.testing.assert_array_equal(np.asarray(batch[k]), host[k])
 
 
 def test_host_normalization_gives_the_device_result():
   host = take(input_pipeline.create(data_config(normalize_on_host=True)).train, 1)[0]
   data = input_pipeline.create(data_config())
   raw = take(data.train, 1)[0]
-  want = input_pipeline.normalize(raw['image'], raw['lighting'], data.mean, data.divide)
+  assert raw['flip'].any() and not raw['flip'].all()
+  want = input_pipeline.normalize(raw['image'], raw['lighting'], data.mean, data.divide,
+                                  raw['flip'])
   np.testing.assert_allclose(host['image'], want, rtol=1e-6)
+  on_device = input_pipeline.normalize(*(jax.numpy.asarray(raw[k]) for k in ('image',
+                                                                           'lighting')),
+                                       data.mean, data.divide, jax.numpy.asarray(raw['flip']))
+  np.testing.assert_allclose(np.asarray(on_device), want, rtol=1e-6)
 
 
 def test_image_folder_and_prepared_sources_through_the_pipeline(folder, tmp_path):
@@ -430,6 +465,39 @@ def test_image_folder_and_prepared_sources_through_the_pipeline(folder, tmp_path
                                                eval_split='validation'))
   assert prepared.mean.shape == (32, 32, 3) and prepared.eval_examples == 6
   assert take(prepared.train, 1)[0]['image'].shape == (16, 32, 32, 3)
+
+
+def test_prepare_from_tfds(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=6):
+    meta = prepare.prepare('tfds', str(tmp_path), str(tmp_path / 'out'), size=40,
+                           tfds_name='imagenet2012', workers=1, progress=False)
+  assert len(meta['classes']) == 1000 and meta['splits']['train']['count'] == 6
+  src = datasets.PreparedSource(str(tmp_path / 'out'), 'train')
+  assert src[0][0].shape == (40, 40, 3) and 0 <= src[0][1] < 1000
+
+
+def test_prepare_refuses_to_resume_with_other_settings(folder, tmp_path):
+  out = str(tmp_path / 'p')
+  prepare.prepare('folder', str(folder), out, size=32, shard_size=4, workers=1, progress=False)
+  for kw, what in ((dict(shard_size=5), '--shard_size'), (dict(fmt='raw'), '--format'),
+                   (dict(size=40), '--size')):
+    args = dict(size=32, shard_size=4, workers=1, progress=False) | kw
+    with pytest.raises(prepare.PrepareError, match=f'different {what}'):
+      prepare.prepare('folder', str(folder), out, **args)
+
+
+def test_prepared_lighting_uses_the_metadatas_eigenvectors(folder, tmp_path):
+  """Noise covariance = 0.1^2 x the training pixels' covariance from the metadata."""
+  meta = prepare.prepare('folder', str(folder), str(tmp_path / 'p'), size=36, workers=1,
+                         progress=False)
+  c = data_config(source='prepared', path=str(tmp_path / 'p'), eval_split='validation')
+  data = input_pipeline.create(c)
+  aug = input_pipeline.Augment(32, eigval=data.stats.eigval, eigvec=data.stats.eigvec)
+  rng = np.random.default_rng(0)
+  draws = np.stack([aug.lighting(rng) for _ in range(30000)])
+  want = 0.01 * np.asarray(meta['rgb_covariance'])
+  np.testing.assert_allclose(np.cov(draws.T), want, atol=0.03 * np.abs(want).max())
 
 
 def test_tfds_data_source_reads_through_the_pipeline(tmp_path):
