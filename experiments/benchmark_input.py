@@ -6,9 +6,10 @@ Both read the same prepared 256x256 JPEG records (quality 90, made here from the
 scikit-image ships, varied by crops, flips and scales) and produce 224x224 training batches of
 128: decode, random crop, horizontal flip, PCA lighting, batch. Rows:
 
-  ours (uint8 + lighting offset)  what training uses: uint8 crops and one RGB lighting offset
-                                  per image; mean subtraction and the offset are added inside
-                                  the jitted train step (their cost there is not counted here).
+  ours (uint8 + flip + lighting offset)  what training uses: uint8 crops, a flip flag and one
+                                  RGB lighting offset per image; the reflection, mean
+                                  subtraction and offset happen inside the jitted train step
+                                  (their cost there is not counted here).
   ours (float, on host)           data.normalize_on_host=True: the float work in the workers.
   PyTorch-style                   PIL decode, crop, flip, ToTensor (float CHW / 255), lighting,
                                   Normalize, torch DataLoader with default collation.
@@ -157,7 +158,7 @@ def main():
     directory = make_records(tmp, args.images)
     rows = []
     for workers in (0, 2):
-      cases = [('ours (uint8 + lighting offset)', lambda: ours(directory, workers, args.batches,
+      cases = [('ours (uint8 + flip + lighting offset)', lambda: ours(directory, workers, args.batches,
                                                               False)),
                ('ours (float, on host)', lambda: ours(directory, workers, args.batches, True)),
                ('PyTorch-style', lambda: torch_style(directory, workers, args.batches))]
