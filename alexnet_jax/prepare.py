@@ -25,6 +25,7 @@ Shards are written atomically and an interrupted run resumes: finished shards ar
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -359,9 +360,18 @@ def _run(tasks: Sequence[tuple], workers: int | None, progress: bool, total: int
       convert_shard(task)
       bar.update(len(task[3]))
   else:
-    with multiprocessing.get_context('spawn').Pool(workers) as pool:
-      for task, _ in zip(tasks, pool.imap(convert_shard, tasks)):
-        bar.update(len(task[3]))
+    # A process pool that fails loudly: a worker killed (say by the OOM killer) raises
+    # BrokenProcessPool here instead of hanging the run, and finished shards stay done.
+    context = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+      futures = {pool.submit(convert_shard, task): task for task in tasks}
+      try:
+        for future in concurrent.futures.as_completed(futures):
+          future.result()
+          bar.update(len(futures[future][3]))
+      except concurrent.futures.process.BrokenProcessPool:
+        raise PrepareError('a worker process died (out of memory?); run the same command '
+                           'again to resume with fewer --workers') from None
   bar.close()
 
 

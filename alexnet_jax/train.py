@@ -6,7 +6,6 @@ bit for bit; SIGTERM saves a checkpoint and exits with status EXIT_PREEMPTED.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -19,7 +18,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from alexnet_jax import checkpoint as checkpoint_lib
