@@ -70,7 +70,7 @@ def test_pth_round_trip_and_torchvision_logits(tmp_path):
   params_equal(m, again)
 
 
-def test_mismatches_are_one_line_errors_naming_the_key(tmp_path):
+def test_mismatches_are_one_line_messages_naming_the_key(tmp_path):
   m = alexnet_jax.create_model(small_config())
   sd = weights.state_dict(m)
   cases = [
