@@ -70,19 +70,35 @@ class Checkpoints:
     jax.ShapeDtypeStructs). Damaged checkpoints are reported in one line each and skipped.
     """
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    for step in reversed(self.steps()):
-      try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-      except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
-        log.warning('checkpoint %d is unreadable (%s); trying the previous one', step,
-                    str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
-        continue
-      if checksum(restored.state) != restored.meta.get('checksum'):
-        log.warning('checkpoint %d fails its checksum; trying the previous one', step)
-        continue
-      return restored.state, restored.meta
-    return None
+    damaged = []
+    try:
+      for step in reversed(self.steps()):
+        try:
+          restored = self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
+          log.warning('checkpoint %d is unreadable (%s); trying the previous one', step,
+                      str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+          damaged.append(step)
+          continue
+        if checksum(restored.state) != restored.meta.get('checksum'):
+          log.warning('checkpoint %d fails its checksum; trying the previous one', step)
+          damaged.append(step)
+          continue
+        return restored.state, restored.meta
+      return None
+    finally:
+      self._set_aside(damaged)
+
+  def _set_aside(self, steps) -> None:
+    """Renames damaged checkpoints to `<step>.damaged` (kept for a look, out of the way of
+    the steps that the resumed run will save again)."""
+    if not steps or len(steps) == len(self.steps()):
+      return  # Nothing restored: keep everything as it is for the user to inspect.
+    for step in steps:
+      path = os.path.join(self.directory, str(step))
+      os.replace(path, f'{path}.damaged')
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -16,9 +16,6 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'digits.py'),
                                 'Configuration file, optionally `file.py:variant`.')
 flags.DEFINE_string('workdir', 'workdir/digits', 'Directory for checkpoints and metrics.')
-flags.DEFINE_string('coordinator', None, 'host:port of process 0, for multi-process runs.')
-flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
-flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-process run.')
 
 
 def main(argv):
@@ -26,10 +23,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s',
                       stream=sys.stderr)
-  import jax  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  if f.coordinator:  # Before anything touches the devices.
-    jax.distributed.initialize(f.coordinator, f.num_processes, f.process_id)
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(f.config, f.workdir)

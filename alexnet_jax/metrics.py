@@ -89,10 +89,17 @@ class Writer:
 
   def __init__(self, workdir: str, resume_step: int = 0):
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    if resume_step and os.path.exists(self.path):
-      # Lines past the resumed checkpoint describe steps that will be run again.
+    if os.path.exists(self.path):
+      # Lines past the resumed checkpoint describe steps that will be run again; a line cut
+      # short by a killed process is dropped.
+      kept = []
       with open(self.path) as f:
-        kept = [l for l in f if json.loads(l)['step'] <= resume_step]
+        for line in f:
+          try:
+            if json.loads(line)['step'] <= resume_step:
+              kept.append(line)
+          except (ValueError, KeyError):
+            pass
       with open(self.path, 'w') as f:
         f.writelines(kept)
     self._file = open(self.path, 'a')

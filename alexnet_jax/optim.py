@@ -37,9 +37,11 @@ def config() -> ml_collections.ConfigDict:
 
 
 def _is_bias(params):
-  """A pytree of bools: True at every bias leaf."""
+  """A pytree of bools: True at every bias leaf (`...['fc6']['bias']`, or nnx's
+  `...['fc6']['bias'].value`)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: 'bias' in str(path[-1]) if path else False, params)
+      lambda path, _: any(getattr(k, 'key', getattr(k, 'name', None)) == 'bias' for k in path),
+      params)
 
 
 def _is_not_bias(params):
@@ -114,7 +116,6 @@ class Plateau:
     if val_error < self.best - self.threshold:
       self.best, self.bad_evals = val_error, 0
       return False
-    self.best = min(self.best, val_error)
     self.bad_evals += 1
     if self.bad_evals >= self.patience and self.drops < self.max_drops:
       self.drops += 1

@@ -85,9 +85,11 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float)
     (loss, (top1, top5)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree.map(jnp.add, state.params, updates)
-    # A non-finite loss or gradient skips the update: parameters stay finite.
+    # A non-finite loss, gradient or result (an overflow of params or momentum) skips the
+    # update: the state stays finite.
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((grads, params, opt_state))
+         if jnp.issubdtype(x.dtype, jnp.floating)]))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                            opt_state=keep(opt_state, state.opt_state))
@@ -222,6 +224,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                            keep=config.checkpoint_keep)
   history_path = os.path.join(workdir, 'metrics.jsonl')
   restored = checkpoints.restore_latest(state)
+  if restored is None and checkpoints.steps():
+    raise TrainingError(f'checkpoint: none of the checkpoints in {checkpoints.directory} '
+                        'restores into this config (see the warnings above); use another '
+                        '--workdir or move them aside')
   if restored is not None:
     state, meta = restored
     if meta['num_classes'] != config.model.num_classes:
@@ -268,10 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         now = time.perf_counter()
         pending = (step, metrics, config.batch_size / (now - t_last), now - t_last, lr)
         t_last = now
-        if sigterm.raised:
-          save(step)
-          checkpoints.wait()
-          raise Preempted(step)
+        saved = False
         if step % steps_per_epoch == 0 or step == total_steps:
           nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
           pending = None
@@ -286,6 +289,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if (step // steps_per_epoch) % config.checkpoint_every_epochs == 0 or \
               step == total_steps:
             save(step, val_error=val['top1_error'])
+            saved = True
+          t_last = time.perf_counter()  # Evaluation and saving are not step time.
+        # After the epoch's evaluation, so that a resumed run takes the same schedule.
+        if sigterm.raised:
+          if pending is not None:
+            nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
+          if not saved:
+            save(step)
+          checkpoints.wait()
+          raise Preempted(step)
   finally:
     progress.close()
     checkpoints.close()

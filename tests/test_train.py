@@ -61,6 +61,21 @@ def test_update_rule_matches_the_paper_across_a_learning_rate_drop(bias_lr_multi
   assert float(optim.learning_rate(state)) == pytest.approx(1e-4)
 
 
+def test_bias_options_reach_the_models_own_parameters():
+  """The masks see nnx's state paths (`...['fc6']['bias'].value`), not just plain dicts."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  config = optim.config()
+  config.bias_lr_multiplier, config.bias_weight_decay = 2.0, False
+  _, params = nnx.split(alexnet_jax.create_model(small_config()), nnx.Param)
+  tx = optim.create(config)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
+  lr, wd = config.base_lr, config.weight_decay
+  np.testing.assert_allclose(updates['fc6']['bias'].value, -2 * lr, rtol=1e-6)
+  np.testing.assert_allclose(updates['fc6']['kernel'].value,
+                             -lr * (1 + wd * params['fc6']['kernel'].value), rtol=1e-5)
+
+
 def test_plateau_divides_by_ten_at_most_three_times():
   p = optim.Plateau(0.01, patience=2, threshold=1e-3, max_drops=3)
   drops = [p.update(e) for e in [0.5, 0.4, 0.4, 0.3999, 0.35, 0.36, 0.37, 0.37, 0.37,
@@ -215,8 +230,12 @@ def test_damaged_checkpoints_fall_back_to_the_previous_good_one(tmp_path, caplog
       f.truncate(os.path.getsize(p) // 3)
   with caplog.at_level('WARNING'):
     state, meta = ckpts.restore_latest(abstract_state(config))
+  steps_left = ckpts.steps()
   ckpts.close()
   assert int(state.step) == 3 and meta['data']['step'] == 3
+  # The damaged ones are set aside, out of the way of the steps the run will save again.
+  assert steps_left == [3]
+  assert {'6.damaged', '9.damaged'} <= set(os.listdir(tmp_path / 'checkpoints'))
   messages = [r.getMessage() for r in caplog.records]
   assert any(m.startswith('checkpoint 9 ') for m in messages)
   assert any(m.startswith('checkpoint 6 ') for m in messages)
