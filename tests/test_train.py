@@ -71,9 +71,9 @@ def test_bias_options_reach_the_models_own_parameters():
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
   lr, wd = config.base_lr, config.weight_decay
-  np.testing.assert_allclose(updates['fc6']['bias'].value, -2 * lr, rtol=1e-6)
-  np.testing.assert_allclose(updates['fc6']['kernel'].value,
-                             -lr * (1 + wd * params['fc6']['kernel'].value), rtol=1e-5)
+  np.testing.assert_allclose(updates['fc6']['bias'][...], -2 * lr, rtol=1e-6)
+  np.testing.assert_allclose(updates['fc6']['kernel'][...],
+                             -lr * (1 + wd * params['fc6']['kernel'][...]), rtol=1e-5)
 
 
 def test_plateau_divides_by_ten_at_most_three_times():
