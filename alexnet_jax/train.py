@@ -208,6 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
 
   net = model_lib.create_model(config.model, mesh=mesh, seed=config.seed)
+  print(f'{net.spec.variant} net on mesh {dict(mesh.shape)} ({jax.device_count()} '
+        f'{jax.devices()[0].platform} devices):\n{model_lib.summary(net)}', flush=True)
   graphdef, params = nnx.split(net, nnx.Param)
   tx = optim.create(config.optim)
   with jax.set_mesh(mesh):  # Jitted, the buffers take the params' shardings.

@@ -12,6 +12,7 @@ def test_main_runs_the_default_job(tmp_path):
       capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'final: 1-view top-1 error' in result.stdout
+  assert '1,796,458' in result.stdout  # The digits net's parameters, from the layer table.
   final = json.load(open(tmp_path / 'run' / 'final_metrics.json'))
   assert final['step'] == 8 and final['1view_top1_error'] < 0.9  # Better than chance.
 
