@@ -219,11 +219,7 @@ class TfdsSource:
 
   def __getitem__(self, i: int):
     record = self.source[i]
-    image = np.asarray(record['image'])
-    if image.ndim == 2 or image.shape[-1] == 1:
-      image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
-    return (images.resize_and_center_crop(Image.fromarray(image[..., :3]), self.size),
-            int(record['label']))
+    return images.array_resized(np.asarray(record['image']), self.size), int(record['label'])
 
   def classes(self) -> tuple[str, ...]:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

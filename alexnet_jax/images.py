@@ -92,6 +92,13 @@ def resize_and_center_crop(im: Image.Image, size: int) -> np.ndarray:
                               box=(left, top, left + side, top + side)))
 
 
+def array_resized(image: np.ndarray, size: int) -> np.ndarray:
+  """A decoded (H, W), (H, W, 1) or (H, W, 3+) uint8 array -> (size, size, 3), as above."""
+  if image.ndim == 2 or image.shape[-1] == 1:
+    image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
+  return resize_and_center_crop(Image.fromarray(np.ascontiguousarray(image[..., :3])), size)
+
+
 def load_resized(data: bytes, size: int) -> np.ndarray:
   """File bytes -> (size, size, 3) uint8: decode, shorter side to size, center crop."""
   return resize_and_center_crop(open_rgb(data, draft_size=size), size)

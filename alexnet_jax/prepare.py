@@ -226,14 +226,10 @@ def _load(item: Item, size: int, tfds_spec: tuple[str, str, str] | None):
   if item.tfds_index >= 0:
     name, split, data_dir = tfds_spec
     record = _tfds_source(name, split, data_dir)[item.tfds_index]
-    image = np.asarray(record['image'])
-    if image.ndim == 2 or image.shape[-1] == 1:
-      image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
     label = int(record['label'])
     if label < 0:  # e.g. imagenet2012's test split: no labels to train or evaluate on.
       raise images.BadImage('unlabeled example')
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    return images.resize_and_center_crop(Image.fromarray(image[..., :3]), size), label
+    return images.array_resized(np.asarray(record['image']), size), label
   with open(item.path, 'rb') as f:
     if item.size >= 0:
       f.seek(item.offset)

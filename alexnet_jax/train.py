@@ -35,12 +35,6 @@ class TrainingError(RuntimeError):
   """The run cannot go on (one line)."""
 
 
-class Preempted(SystemExit):
-  def __init__(self, step):
-    super().__init__(EXIT_PREEMPTED)
-    self.step = step
-
-
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
@@ -300,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if not saved:
             save(step)
           checkpoints.wait()
-          raise Preempted(step)
+          raise SystemExit(EXIT_PREEMPTED)
   finally:
     progress.close()
     checkpoints.close()
