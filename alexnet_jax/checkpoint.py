@@ -6,33 +6,60 @@ checksum of the whole train state). The manager keeps the last `keep` checkpoint
 validation error. Orbax stores no checksums of its own, so a flipped byte would restore
 silently: `restore_latest` recomputes the checksum and falls back to the previous good
 checkpoint when it, or the files, do not check out.
+
+A save that fails (a full disk, a quota, a file-size limit) raises `CheckpointError` in one
+line, at the next save or at `wait`/`close`; the checkpoints before it are kept, and the
+half-written folder is removed when the run starts again. Every process of a multi-process
+run calls every method here; orbax writes each array's shards from the processes that hold
+them.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from alexnet_jax import distributed
 
 log = logging.getLogger(__name__)
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written (one line)."""
+
+
 def checksum(tree) -> str:
-  """SHA-256 of every leaf's bytes, in tree order (the same on any mesh)."""
+  """SHA-256 of every leaf's bytes, in tree order: the same on any mesh and process count."""
   h = hashlib.sha256()
-  for leaf in jax.tree.leaves(tree):
-    a = np.asarray(jax.device_get(leaf))
+  for leaf in jax.tree.leaves(tree):  # One leaf at a time on the host.
+    a = np.asarray(distributed.host_copy(leaf))
     h.update(str((a.shape, a.dtype.str)).encode())
     h.update(np.ascontiguousarray(a).tobytes())
   return h.hexdigest()
 
 
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def all_finite(tree) -> bool:
-  return all(bool(np.isfinite(np.asarray(jax.device_get(x))).all())
-             for x in jax.tree.leaves(tree))
+  return bool(_all_finite(tree))  # A replicated scalar: readable on every process.
+
+
+def _reason(e: Exception) -> str:
+  """The OS error inside orbax/tensorstore's long message, else its first line."""
+  text = str(e) or type(e).__name__
+  os_error = re.search(r'([^:]+) \[os_error_code=\W*(\d+)', text)
+  if os_error:
+    return f'{os_error.group(1).strip()} (errno {os_error.group(2)})'
+  return text.splitlines()[0][:300]
 
 
 class Checkpoints:
@@ -48,13 +75,16 @@ class Checkpoints:
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._saving = None  # The step of the save in flight.
 
   def save(self, step: int, state, meta: dict, *, val_error: float | None = None) -> None:
     """Saves asynchronously; refuses parameters that are not all finite."""
     if not all_finite(state.params):
       raise FloatingPointError(f'checkpoint: refusing to save step {step}: the parameters '
                                'are not all finite')
+    self.wait()  # The previous save's error, if any, surfaces here.
     meta = dict(meta, checksum=checksum(state))
+    self._saving = step
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)),
                       metrics=None if val_error is None else {'val_error': val_error},
@@ -95,14 +125,25 @@ class Checkpoints:
     the steps that the resumed run will save again)."""
     if not steps or len(steps) == len(self.steps()):
       return  # Nothing restored: keep everything as it is for the user to inspect.
-    for step in steps:
-      path = os.path.join(self.directory, str(step))
-      os.replace(path, f'{path}.damaged')
+    if distributed.is_main_process():
+      for step in steps:
+        path = os.path.join(self.directory, str(step))
+        os.replace(path, f'{path}.damaged')
+    distributed.barrier('checkpoint_set_aside')
     self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the save in flight; raises CheckpointError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # Orbax re-raises the writer's.
+      step, self._saving = self._saving, None
+      raise CheckpointError(f'checkpoint: saving step {step} in {self.directory} failed: '
+                            f'{_reason(e)}; the checkpoints before it are kept') from None
+    self._saving = None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()

@@ -7,8 +7,8 @@ mean, add the lighting offset, optionally divide by 1.1 (the code's). Shipping u
 `data.normalize_on_host=True` does the float work in the workers instead.
 
 Order and randomness depend only on (seed, global example position): every epoch is a fresh
-seeded permutation, the global batch g holds positions g*B .. g*B+B-1, process p of n reads
-rows p*B/n .. (p+1)*B/n-1 of it, and each example's crop, flip and lighting come from a
+seeded permutation, the global batch g holds positions g*B .. g*B+B-1, each process reads the
+rows of it that its devices hold (`sharding.process_batch_rows`), and each example's crop, flip and lighting come from a
 generator seeded with (seed, position). So any number of processes or workers, under any
 load, gives the same global batches, and restoring the iterator state (a step count) replays
 exactly what an uninterrupted run would have seen.
@@ -107,6 +107,18 @@ def normalize(images_u8, lighting, mean, divide: float = 1.0, flip=None):
 
 
 @functools.lru_cache(maxsize=2)  # The current epoch's and, at a boundary, the next one's.
+def _rows_or_whole_batch(rows, global_batch: int) -> tuple[int, int]:
+  if rows is None:
+    if jax.process_count() > 1:
+      raise ValueError('input: with several processes, pass the rows this process reads '
+                       '(sharding.process_batch_rows)')
+    return 0, global_batch
+  start, stop = rows
+  if not 0 <= start < stop <= global_batch:
+    raise ValueError(f'input: rows {rows} are not within a batch of {global_batch}')
+  return start, stop
+
+
 def _permutation(seed: int, epoch: int, examples: int) -> np.ndarray:
   """The order of `epoch`: a pure function, safe for grain's reader threads to share."""
   order = np.random.default_rng([seed, epoch]).permutation(examples)
@@ -117,14 +129,12 @@ def _permutation(seed: int, epoch: int, examples: int) -> np.ndarray:
 class GlobalPositions:
   """Local index -> (example index, global position) for one process (see module doc)."""
 
-  def __init__(self, examples: int, global_batch: int, *, process_index: int,
-               process_count: int, seed: int, shuffle: bool, epochs: int | None):
-    if global_batch % process_count:
-      raise datasets.DataError(f'batch_size: {global_batch} is not divisible by the '
-                               f'{process_count} processes')
+  def __init__(self, examples: int, global_batch: int, *, rows: tuple[int, int] | None,
+               seed: int, shuffle: bool, epochs: int | None):
+    self.first_row, stop = _rows_or_whole_batch(rows, global_batch)
     self.examples, self.global_batch = examples, global_batch
-    self.local_batch = global_batch // process_count
-    self.process_index, self.seed, self.shuffle = process_index, seed, shuffle
+    self.local_batch = stop - self.first_row
+    self.seed, self.shuffle = seed, shuffle
     steps = (examples * epochs) // global_batch if epochs else 1 << 40
     self.length = steps * self.local_batch
 
@@ -133,7 +143,7 @@ class GlobalPositions:
 
   def __getitem__(self, i: int) -> tuple[int, int]:
     step, row = divmod(i, self.local_batch)
-    position = step * self.global_batch + self.process_index * self.local_batch + row
+    position = step * self.global_batch + self.first_row + row
     epoch, k = divmod(position, self.examples)
     if not self.shuffle:
       return k, position
@@ -267,13 +277,11 @@ class Batches:
 def train_dataset(source, augment: Augment, *, global_batch: int, seed: int,
                   workers: int = 0, prefetch: int = 2, epochs: int | None = None,
                   host_mean: np.ndarray | None = None, divide: float = 1.0,
-                  process_index: int | None = None, process_count: int | None = None,
+                  rows: tuple[int, int] | None = None,
                   threads: int | None = None) -> Batches:
-  """This process's share of each global training batch, as a restartable iterator."""
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  positions = GlobalPositions(len(source), global_batch, process_index=process_index,
-                              process_count=process_count, seed=seed, shuffle=True,
+  """Rows `rows` (default: all, on one process) of each global training batch, as a
+  restartable iterator."""
+  positions = GlobalPositions(len(source), global_batch, rows=rows, seed=seed, shuffle=True,
                               epochs=epochs)
   example = TrainExample(source, augment, seed)
 
@@ -288,31 +296,36 @@ def train_dataset(source, augment: Augment, *, global_batch: int, seed: int,
 
 
 def eval_dataset(source, *, global_batch: int, crop: int | None, workers: int = 0,
-                 prefetch: int = 2, process_index: int | None = None,
-                 process_count: int | None = None):
-  """Every example once, in order, this process's rows of each global batch; the last batch
-  is padded and carries `mask` False on the padding. `crop=None` keeps whole images."""
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
+                 prefetch: int = 2, rows: tuple[int, int] | None = None):
+  """Every example once, in order, rows `rows` of each global batch; the last batch is
+  padded and carries `mask` False on the padding. `crop=None` keeps whole images."""
   n = len(source)
   steps = -(-n // global_batch)
-  positions = GlobalPositions(steps * global_batch, global_batch,
-                              process_index=process_index, process_count=process_count,
-                              seed=0, shuffle=False, epochs=1)
+  positions = GlobalPositions(steps * global_batch, global_batch, rows=rows, seed=0,
+                              shuffle=False, epochs=1)
   ds = (grain.MapDataset.source(positions).map(_example_index)
         .map(EvalExample(source, crop, n)).batch(positions.local_batch))
   return _iterate(ds, workers, prefetch)
 
 
-def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """This process's rows -> global arrays split over the mesh's data axis."""
+def to_global(batch: dict[str, np.ndarray], mesh,
+              global_batch: int | None = None) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays split over the mesh's data axis.
+
+  `global_batch` defaults to the rows given times the process count, which is right when the
+  processes read disjoint rows; pass it when a tower pair spans processes.
+  """
   out = sharding.named(mesh, sharding.BATCH)
-  return {k: jax.make_array_from_process_local_data(out, v) for k, v in batch.items()}
+  if global_batch is None:
+    global_batch = len(batch['label']) * jax.process_count()
+  return {k: jax.make_array_from_process_local_data(out, v, (global_batch,) + v.shape[1:])
+          for k, v in batch.items()}
 
 
-def global_batches(dataset, mesh) -> Iterator[dict[str, jax.Array]]:
+def global_batches(dataset, mesh,
+                   global_batch: int | None = None) -> Iterator[dict[str, jax.Array]]:
   for batch in dataset:
-    yield to_global(batch, mesh)
+    yield to_global(batch, mesh, global_batch)
 
 
 # ---- From the config -------------------------------------------------------------------------
@@ -331,8 +344,10 @@ class Data:
   eval_examples: int
 
 
-def create(config) -> Data:
-  """The train and eval pipelines of `config` (sections `data`, `model`, and `batch_size`)."""
+def create(config, mesh=None) -> Data:
+  """The train and eval pipelines of `config` (sections `data`, `model`, and `batch_size`),
+  reading the rows of each batch that this process's devices of `mesh` hold (default: all
+  rows, on one process)."""
   data = config.data
   crop = config.model.image_size
   if crop > data.image_size:
@@ -346,13 +361,14 @@ def create(config) -> Data:
     raise datasets.DataError(f'batch_size: {config.batch_size} is larger than the '
                              f'{len(train_source)} training examples')
   mean = mean_for(stats, data.mean, crop)
+  rows = None if mesh is None else sharding.process_batch_rows(mesh, config.batch_size)
   augment = Augment(crop, data.flip, data.lighting_std, stats.eigval, stats.eigvec)
   train = train_dataset(train_source, augment, global_batch=config.batch_size,
                         seed=config.seed, workers=data.workers, prefetch=data.prefetch,
                         host_mean=mean if data.normalize_on_host else None,
-                        divide=data.divide)
+                        divide=data.divide, rows=rows)
   evaluation = {c: eval_dataset(eval_source, global_batch=config.batch_size, crop=c,
-                                workers=data.workers, prefetch=data.prefetch)
+                                workers=data.workers, prefetch=data.prefetch, rows=rows)
                 for c in (crop, None)}
   return Data(train, evaluation[crop], evaluation[None], stats, mean, data.divide,
               len(train_source), len(eval_source))

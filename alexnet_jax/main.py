@@ -2,7 +2,10 @@
 
 With no --config it trains the embedded default, configs/digits.py. Re-running the same
 command resumes from the newest good checkpoint in DIR/checkpoints. Training itself lives in
-`alexnet_jax.train` (notebooks import it); this file only reads flags.
+`alexnet_jax.train` (notebooks import it); this file only reads flags and, for a run over
+several processes, starts `jax.distributed` (see `alexnet_jax.distributed`): e.g. per process
+  --config.distributed.coordinator_address=host0:1234 --config.distributed.num_processes=2
+  --config.distributed.process_id=0
 """
 import logging
 import os
@@ -24,11 +27,14 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s',
                       stream=sys.stderr)
   f = flags.FLAGS
+  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import distributed  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   try:
+    distributed.initialize(f.config.distributed)  # Before anything touches a device.
     train.train_and_evaluate(f.config, f.workdir)
-  except (ValueError, train.TrainingError) as e:  # One line naming the field or problem.
-    raise SystemExit(f'error: {e}') from None
+  except (ValueError, train.TrainingError, checkpoint.CheckpointError) as e:
+    raise SystemExit(f'error: {e}') from None  # One line naming the field or problem.
 
 
 if __name__ == '__main__':

@@ -87,11 +87,15 @@ class Writer:
   """Appends {'step': s, name: value, ...} lines to workdir/metrics.jsonl and the same
   scalars to TensorBoard event files in workdir/tensorboard."""
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, workdir: str, resume_step: int = 0, *, enabled: bool = True):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.nonfinite_steps = 0
+    self.enabled = enabled  # Off on every process but the first of a multi-process run.
+    if not enabled:
+      return
     if os.path.exists(self.path):
       # Lines past the resumed checkpoint describe steps that will be run again; a line cut
-      # short by a killed process is dropped.
+      # short by a killed process is dropped. Replaced in one rename: a kill loses nothing.
       kept = []
       with open(self.path) as f:
         for line in f:
@@ -100,14 +104,16 @@ class Writer:
               kept.append(line)
           except (ValueError, KeyError):
             pass
-      with open(self.path, 'w') as f:
+      with open(self.path + '.tmp', 'w') as f:
         f.writelines(kept)
+      os.replace(self.path + '.tmp', self.path)
     self._file = open(self.path, 'a')
     # A new event file per (re)start; TensorBoard shows the latest value of a repeated step.
     self._tb = TensorBoardFile(os.path.join(workdir, 'tensorboard'))
-    self.nonfinite_steps = 0
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.enabled:
+      return
     self._file.write(json.dumps({'step': step, **scalars}) + '\n')
     self._file.flush()
     for k, v in scalars.items():
@@ -120,8 +126,9 @@ class Writer:
     self.write(step, {'nonfinite_steps': self.nonfinite_steps})
 
   def close(self) -> None:
-    self._file.close()
-    self._tb.close()
+    if self.enabled:
+      self._file.close()
+      self._tb.close()
 
 
 class Progress:

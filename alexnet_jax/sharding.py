@@ -48,6 +48,22 @@ def make_mesh(towers: int = 2, *, devices=None, data: int | None = None) -> Mesh
                        axis_types=(jax.sharding.AxisType.Explicit,) * 2)
 
 
+def process_batch_rows(mesh: Mesh, global_batch: int) -> tuple[int, int]:
+  """The rows [start, stop) of a global batch that this process's devices hold.
+
+  Each process reads exactly these rows from its input pipeline. They come from the mesh,
+  so any layout works: one data row per host, several, or a tower pair split over two hosts
+  (both then read the same rows, and each keeps the part its devices need).
+  """
+  held = named(mesh, BATCH).addressable_devices_indices_map((global_batch,))
+  spans = {index[0].indices(global_batch)[:2] for index in held.values()}
+  start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+  if sum(b - a for a, b in spans) != stop - start:
+    raise ValueError(f'mesh: process {jax.process_index()} holds rows {sorted(spans)} of the '
+                     'batch, which are not contiguous; order the devices by process')
+  return start, stop
+
+
 def single_device_mesh(device=None) -> Mesh:
   """A 1x1 mesh: one device runs both towers."""
   return make_mesh(devices=[device or jax.devices()[0]])

@@ -3,6 +3,10 @@
 `train_and_evaluate(config, workdir)` is what `python -m alexnet_jax.main` runs and what
 notebooks import. Re-running it with the same workdir resumes from the newest good checkpoint,
 bit for bit; SIGTERM saves a checkpoint and exits with status EXIT_PREEMPTED.
+
+With several processes (`alexnet_jax.distributed`) every process runs this same loop on its
+rows of each batch; all of them checkpoint together, and the first alone writes metrics,
+plots and the terminal output.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import ml_collections
 from flax import nnx
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import distributed
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
@@ -116,9 +121,9 @@ def make_eval_step(graphdef, *, num_classes: int, divide: float, crop: int, view
   return eval_fn
 
 
-def evaluate(eval_fn, params, dataset, mesh, mean) -> dict[str, float]:
+def evaluate(eval_fn, params, dataset, mesh, mean, global_batch: int) -> dict[str, float]:
   totals = None
-  for batch in input_pipeline.global_batches(dataset, mesh):
+  for batch in input_pipeline.global_batches(dataset, mesh, global_batch):
     out = eval_fn(params, batch, mean)
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
@@ -144,6 +149,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_nonfinite_steps = 10  # Stop after more non-finite losses than this in a row.
   c.log_every_steps = 1  # Training metrics to metrics.jsonl and TensorBoard.
   c.progress = True  # The terminal progress bar.
+  c.distributed = distributed.config()  # Multi-process runs (main.py starts them).
   return c
 
 
@@ -167,23 +173,32 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
 # ---- The loop ---------------------------------------------------------------------------------
 
 
-class _SigtermFlag:
-  """Set by SIGTERM (preemption); the loop checks it between steps."""
+class _Preemption:
+  """SIGTERM (preemption) asks the loop to checkpoint and stop between steps.
+
+  One process: our own handler sets a flag. Several: JAX's coordination service catches the
+  signal on any process, and `requested(step)` is true on all of them after the same step.
+  """
 
   def __init__(self):
-    self.raised = False
+    self.signalled = False
     self._previous = None
+    self._multi = jax.process_count() > 1
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (a notebook thread): no handler.
-      self._previous = None
+    if not self._multi:  # JAX installs its own handler with jax.distributed.
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # Not the main thread (a notebook thread): no handler.
+        self._previous = None
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.raised = True
+    self.signalled = True
+
+  def requested(self, step: int) -> bool:
+    return distributed.preemption_sync_point(step) if self._multi else self.signalled
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -195,15 +210,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = os.path.abspath(os.path.expanduser(workdir))
   mesh = sharding.make_mesh(config.model.towers)
   check_config(config, mesh)
-  data = input_pipeline.create(config)
+  data = input_pipeline.create(config, mesh)
+  main_process = distributed.is_main_process()
   if len(data.stats.classes) != config.model.num_classes:
     raise ValueError(f'model.num_classes: {config.model.num_classes}, but the data has '
                      f'{len(data.stats.classes)} classes')
   os.makedirs(workdir, exist_ok=True)
 
   net = model_lib.create_model(config.model, mesh=mesh, seed=config.seed)
-  print(f'{net.spec.variant} net on mesh {dict(mesh.shape)} ({jax.device_count()} '
-        f'{jax.devices()[0].platform} devices):\n{model_lib.summary(net)}', flush=True)
+  if main_process:
+    print(f'{net.spec.variant} net on mesh {dict(mesh.shape)} ({jax.device_count()} '
+          f'{jax.devices()[0].platform} devices, {jax.process_count()} processes):\n'
+          f'{model_lib.summary(net)}', flush=True)
   graphdef, params = nnx.split(net, nnx.Param)
   tx = optim.create(config.optim)
   with jax.set_mesh(mesh):  # Jitted, the buffers take the params' shardings.
@@ -232,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data.train.set_state(meta['data'])
     plateau.restore(meta['plateau'])
     log.info('resumed from step %d', int(state.step))
-  writer = metrics_lib.Writer(workdir, resume_step=int(state.step))
+  writer = metrics_lib.Writer(workdir, resume_step=int(state.step), enabled=main_process)
   meta_base = {'num_classes': config.model.num_classes, 'config': config.to_json()}
 
   train_step = make_train_step(graphdef, tx, seed=config.seed,
@@ -249,10 +267,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = int(state.step)
   lr = float(optim.learning_rate(state.opt_state))  # Kept on the host: no sync per step.
   nonfinite_in_a_row = 0
-  progress = metrics_lib.Progress(total_steps, initial=step, enabled=config.progress)
+  progress = metrics_lib.Progress(total_steps, initial=step,
+                                  enabled=config.progress and main_process)
   pending, t_last = None, time.perf_counter()
+  saved_step = step if restored is not None else None  # The step of the newest checkpoint.
+
+  def next_batch():
+    """The next global batch, or None when a preemption signal broke the input workers."""
+    try:
+      return input_pipeline.to_global(next(data.train), mesh, config.batch_size)
+    except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
+      if preemption.signalled:  # SIGTERM to the process group also stops grain's workers.
+        return None
+      reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+      raise TrainingError(f'data: the input pipeline failed before step {step + 1}: '
+                          f'{reason}') from e
+
   try:
-    with _SigtermFlag() as sigterm:
+    with _Preemption() as preemption:
       while step < total_steps:
         epoch = step // steps_per_epoch
         if config.optim.schedule == 'manual':
@@ -261,20 +293,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if not math.isclose(wanted, lr):
             lr = wanted
             state = state.replace(opt_state=optim.set_lr(state.opt_state, lr))
-        batch = input_pipeline.to_global(next(data.train), mesh)
-        state, metrics = train_step(state, batch, mean)
-        step += 1
-        # Metrics are pulled to the host one step late, so the device never waits on them.
-        if pending is not None:
-          nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
-        now = time.perf_counter()
-        pending = (step, metrics, config.batch_size / (now - t_last), now - t_last, lr)
-        t_last = now
-        saved = False
-        if step % steps_per_epoch == 0 or step == total_steps:
+        batch = next_batch()
+        if batch is None:
+          preempted = True
+        else:
+          state, metrics = train_step(state, batch, mean)
+          step += 1
+          # Metrics are pulled to the host one step late, so the device never waits on them.
+          if pending is not None:
+            nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
+          now = time.perf_counter()
+          pending = (step, metrics, config.batch_size / (now - t_last), now - t_last, lr)
+          t_last = now
+          preempted = False
+        if not preempted and (step % steps_per_epoch == 0 or step == total_steps):
           nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
           pending = None
-          val = evaluate(eval_1view, state.params, data.eval, mesh, mean)
+          val = evaluate(eval_1view, state.params, data.eval, mesh, mean, config.batch_size)
           writer.write(step, {f'val_{k}': v for k, v in val.items()}
                        | {'epoch': step / steps_per_epoch})
           progress.show_eval(val)
@@ -285,13 +320,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if (step // steps_per_epoch) % config.checkpoint_every_epochs == 0 or \
               step == total_steps:
             save(step, val_error=val['top1_error'])
-            saved = True
+            saved_step = step
           t_last = time.perf_counter()  # Evaluation and saving are not step time.
-        # After the epoch's evaluation, so that a resumed run takes the same schedule.
-        if sigterm.raised:
+        # Checked after the epoch's evaluation, so that a resumed run takes the same schedule.
+        if preempted or preemption.requested(step):
           if pending is not None:
             nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
-          if not saved:
+          if saved_step != step:
             save(step)
           checkpoints.wait()
           raise SystemExit(EXIT_PREEMPTED)
@@ -305,10 +340,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     fn = make_eval_step(graphdef, num_classes=config.model.num_classes, divide=data.divide,
                         crop=crop, views=views)
     dataset = data.eval if views == 1 else data.eval_whole
-    for k, v in evaluate(fn, state.params, dataset, mesh, mean).items():
+    for k, v in evaluate(fn, state.params, dataset, mesh, mean, config.batch_size).items():
       final[f'{views}view_{k}'] = v
   writer.write(step, {f'final_{k}': v for k, v in final.items()})
   writer.close()
+  if not main_process:
+    return final
   with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
     json.dump(final, f, indent=1)
   metrics_lib.plot(history_path, os.path.join(workdir, 'curves.png'))

@@ -77,7 +77,6 @@ def ours(directory: str, workers: int, batches: int, on_host: bool) -> float:
   it = input_pipeline.train_dataset(source, augment, global_batch=BATCH, seed=0,
                                     workers=workers, prefetch=4,
                                     host_mean=mean if on_host else None,
-                                    process_index=0, process_count=1,
                                     threads=1 if workers == 0 else None)
   next(it)  # Start-up (worker processes) is not throughput.
   start = time.perf_counter()

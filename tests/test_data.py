@@ -347,8 +347,7 @@ def test_digits_source_and_determinism():
 
 def test_every_epoch_is_a_new_permutation_of_every_example():
   source = datasets.ArraySource(np.zeros((10, 4, 4, 3), np.uint8), np.arange(10))
-  pos = input_pipeline.GlobalPositions(10, 5, process_index=0, process_count=1, seed=0,
-                                       shuffle=True, epochs=3)
+  pos = input_pipeline.GlobalPositions(10, 5, rows=None, seed=0, shuffle=True, epochs=3)
   order = [pos[i][0] for i in range(len(pos))]
   epochs = [order[:10], order[10:20], order[20:]]
   assert all(sorted(e) == list(range(10)) for e in epochs)
@@ -382,8 +381,7 @@ def test_restores_across_epoch_boundaries_and_refuses_another_stream():
                                 .reshape(40, 4, 4, 3), np.arange(40))
   make = lambda **kw: input_pipeline.train_dataset(
       source, input_pipeline.Augment(3), global_batch=kw.get('batch', 8),
-      seed=kw.get('seed', 0), workers=kw.get('workers', 0), prefetch=3,
-      process_index=0, process_count=1)
+      seed=kw.get('seed', 0), workers=kw.get('workers', 0), prefetch=3)
   straight = take(make(), 12)  # 2.4 epochs.
   for stop in (4, 5, 9):  # Epoch 0 ends after step 5, epoch 1 after step 10.
     for workers in (0, 2):
@@ -405,11 +403,9 @@ def test_processes_read_disjoint_rows_of_the_same_global_batches():
   x, y = datasets.digits('train', 36)
   source = datasets.ArraySource(x, np.arange(len(y)))  # Labels are example ids here.
   aug = input_pipeline.Augment(32)
-  one = take(input_pipeline.train_dataset(source, aug, global_batch=16, seed=1,
-                                          process_index=0, process_count=1), 4)
-  two = [take(input_pipeline.train_dataset(source, aug, global_batch=16, seed=1,
-                                           process_index=p, process_count=2), 4)
-         for p in (0, 1)]
+  one = take(input_pipeline.train_dataset(source, aug, global_batch=16, seed=1), 4)
+  two = [take(input_pipeline.train_dataset(source, aug, global_batch=16, seed=1, rows=rows), 4)
+         for rows in ((0, 8), (8, 16))]
   for step in range(4):
     joined = {k: np.concatenate([two[0][step][k], two[1][step][k]]) for k in one[step]}
     assert_batches_equal([joined], [one[step]])
