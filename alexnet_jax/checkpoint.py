@@ -53,13 +53,17 @@ def all_finite(tree) -> bool:
   return bool(_all_finite(tree))  # A replicated scalar: readable on every process.
 
 
-def _reason(e: Exception) -> str:
-  """The OS error inside orbax/tensorstore's long message, else its first line."""
-  text = str(e) or type(e).__name__
-  os_error = re.search(r'([^:]+) \[os_error_code=\W*(\d+)', text)
+def _reason(e: BaseException) -> str:
+  """One line from orbax's exception: the OS error inside tensorstore's long message, else the
+  first line of the innermost cause (orbax wraps it in pages of TensorStore spec)."""
+  while e.__cause__ is not None or e.__context__ is not None:
+    e = e.__cause__ or e.__context__
+  text = str(e).strip() or type(e).__name__
+  os_error = re.search(r'([^:"]+) \[os_error_code=\W*(\d+)', text)
   if os_error:
     return f'{os_error.group(1).strip()} (errno {os_error.group(2)})'
-  return text.splitlines()[0][:300]
+  text = re.sub(r' in OCDBT database at local file "[^"]*"', '', text.splitlines()[0])
+  return text[:300]
 
 
 class Checkpoints:
@@ -108,7 +112,7 @@ class Checkpoints:
               state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
           log.warning('checkpoint %d is unreadable (%s); trying the previous one', step,
-                      str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+                      _reason(e))
           damaged.append(step)
           continue
         if checksum(restored.state) != restored.meta.get('checksum'):

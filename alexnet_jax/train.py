@@ -332,8 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           raise SystemExit(EXIT_PREEMPTED)
   finally:
     progress.close()
-    checkpoints.close()
     data.train.close()
+    checkpoints.close()  # Last: it raises if the final save failed.
 
   final = {'step': step, 'epochs': step / steps_per_epoch}
   for views in (1, 10):

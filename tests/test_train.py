@@ -2,10 +2,8 @@
 import glob
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +12,6 @@ import optax
 import pytest
 
 import alexnet_jax
-from alexnet_jax import checkpoint
 from alexnet_jax import optim
 from alexnet_jax import train
 from conftest import small_config
@@ -182,76 +179,11 @@ def test_resume_in_a_new_process_is_bit_identical(tmp_path):
       json.load(open(tmp_path / 'b' / 'final_metrics.json'))
 
 
-def test_sigterm_saves_and_exits_then_resumes(tmp_path):
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={tmp_path}',
-       '--config.progress=False', '--config.batch_size=16', '--config.model.width=0.125',
-       '--config.steps_per_epoch=1000', '--config.num_epochs=1'],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 120
-  while time.time() < deadline:  # Wait until it trains: metrics appear.
-    path = tmp_path / 'metrics.jsonl'
-    if path.exists() and path.stat().st_size > 0:
-      break
-    time.sleep(0.5)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == train.EXIT_PREEMPTED, err[-2000:]
-  steps, meta = last_checkpoint_meta(tmp_path)
-  assert len(steps) == 1 and 0 < steps[0] < 1000 and meta['data']['step'] == steps[0]
-
-
 def abstract_state(config):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   _, params = nnx.split(alexnet_jax.create_model(config.model), nnx.Param)
   return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=jax.jit(optim.create(config.optim).init)(params))
-
-
-def test_damaged_checkpoints_fall_back_to_the_previous_good_one(tmp_path, caplog):
-  config = tiny_config(num_epochs=3)
-  train.train_and_evaluate(config, str(tmp_path))
-  ckpts = checkpoint.Checkpoints(str(tmp_path / 'checkpoints'))
-  assert ckpts.steps() == [3, 6, 9]
-  # Flip one byte in the newest checkpoint's parameter data.
-  data_files = [p for p in glob.glob(str(tmp_path / 'checkpoints' / '9' / 'state' / '**'),
-                                     recursive=True)
-                if os.path.isfile(p) and os.path.getsize(p) > 10000]
-  target = max(data_files, key=os.path.getsize)
-  blob = bytearray(open(target, 'rb').read())
-  blob[len(blob) // 2] ^= 0xFF
-  open(target, 'wb').write(bytes(blob))
-  # Truncate the one before.
-  data_files8 = [p for p in glob.glob(str(tmp_path / 'checkpoints' / '6' / 'state' / '**'),
-                                      recursive=True)
-                 if os.path.isfile(p) and os.path.getsize(p) > 10000]
-  for p in data_files8:
-    with open(p, 'r+b') as f:
-      f.truncate(os.path.getsize(p) // 3)
-  with caplog.at_level('WARNING'):
-    state, meta = ckpts.restore_latest(abstract_state(config))
-  steps_left = ckpts.steps()
-  ckpts.close()
-  assert int(state.step) == 3 and meta['data']['step'] == 3
-  # The damaged ones are set aside, out of the way of the steps the run will save again.
-  assert steps_left == [3]
-  assert {'6.damaged', '9.damaged'} <= set(os.listdir(tmp_path / 'checkpoints'))
-  messages = [r.getMessage() for r in caplog.records]
-  assert any(m.startswith('checkpoint 9 ') for m in messages)
-  assert any(m.startswith('checkpoint 6 ') for m in messages)
-
-
-def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
-  config = tiny_config(max_nonfinite_steps=2, **{'optim.base_lr': 1e30})
-  with pytest.raises(train.TrainingError, match='steps in a row had a non-finite'):
-    train.train_and_evaluate(config, str(tmp_path))
-  # Skipped updates keep the parameters finite, and only finite ones are ever saved.
-  ckpts = checkpoint.Checkpoints(str(tmp_path / 'checkpoints'))
-  restored = ckpts.restore_latest(abstract_state(config))
-  ckpts.close()
-  assert restored is None or checkpoint.all_finite(restored[0])
-  rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
-  assert max(r.get('nonfinite_steps', 0) for r in rows) == 3
 
 
 @pytest.mark.parametrize('overrides,message', [
