@@ -9,9 +9,11 @@ gradients (measured: at most 5e-10 on values of 2e-3).
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -32,12 +34,12 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run(workdir, processes: int, epochs: int, tag: str):
-  """Trains `epochs` in `workdir` with `processes` processes of 4/processes CPU devices each;
-  returns each process's stderr and the (example, position) pairs it read."""
+def start(workdir, processes: int, epochs: int, tag: str, *extra_flags):
+  """Starts training `epochs` in `workdir` with `processes` processes of 4/processes CPU
+  devices each; returns them and the files where they record what they read."""
   env = dict(os.environ, PYTHONPATH=REPO,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={4 // processes}')
-  flags = [f'--workdir={workdir}', f'--config.num_epochs={epochs}', *FLAGS]
+  flags = [f'--workdir={workdir}', f'--config.num_epochs={epochs}', *FLAGS, *extra_flags]
   if processes > 1:
     flags.append(f'--config.distributed.coordinator_address=localhost:{free_port()}')
     flags.append(f'--config.distributed.num_processes={processes}')
@@ -48,6 +50,13 @@ def run(workdir, processes: int, epochs: int, tag: str):
     procs.append(subprocess.Popen([sys.executable, WORKER, *flags, *extra],
                                   env=dict(env, READS_PATH=reads_paths[-1]),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return procs, reads_paths
+
+
+def run(workdir, processes: int, epochs: int, tag: str):
+  """Trains to the end; returns each process's output and the (example, position) pairs it
+  read."""
+  procs, reads_paths = start(workdir, processes, epochs, tag)
   errs = []
   for proc in procs:
     out, err = proc.communicate(timeout=400)
@@ -116,3 +125,18 @@ def test_two_processes_train_exactly_like_one_and_share_checkpoints(tmp_path):
   assert final_one.keys() == final_two.keys()
   for key, value in final_one.items():
     assert np.isclose(value, final_two[key], rtol=1e-4), key
+
+
+def test_sigterm_to_one_process_stops_all_after_the_same_step(tmp_path):
+  workdir = tmp_path / 'run'
+  procs, _ = start(workdir, 2, 1, 'sigterm', '--config.steps_per_epoch=1000')
+  deadline = time.time() + 200
+  while time.time() < deadline and not (
+      (workdir / 'metrics.jsonl').exists() and (workdir / 'metrics.jsonl').stat().st_size > 500):
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)  # A preemption notice reaches one host.
+  for proc in procs:
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+  steps, meta = last_checkpoint_meta(workdir)
+  assert len(steps) == 1 and 0 < steps[0] < 1000 and meta['data']['step'] == steps[0]
