@@ -3,15 +3,16 @@
 Host side (grain workers): decode, random crop, and the draws of the horizontal flip and the
 PCA lighting noise, batched as uint8 crops plus a flip flag and one RGB offset per image.
 Device side (inside the jitted step, `normalize`): reflect the flagged crops, subtract the
-mean, add the lighting offset, optionally divide by 1.1 (the code's). Shipping uint8 keeps host work and host-to-device traffic 4x smaller;
-`data.normalize_on_host=True` does the float work in the workers instead.
+mean, add the lighting offset, optionally divide by 1.1 (the code's). Shipping uint8 keeps
+host work and host-to-device traffic 4x smaller; `data.normalize_on_host=True` does the float
+work in the workers instead.
 
 Order and randomness depend only on (seed, global example position): every epoch is a fresh
 seeded permutation, the global batch g holds positions g*B .. g*B+B-1, each process reads the
-rows of it that its devices hold (`sharding.process_batch_rows`), and each example's crop, flip and lighting come from a
-generator seeded with (seed, position). So any number of processes or workers, under any
-load, gives the same global batches, and restoring the iterator state (a step count) replays
-exactly what an uninterrupted run would have seen.
+rows of it that its devices hold (`sharding.process_batch_rows`), and each example's crop,
+flip and lighting come from a generator seeded with (seed, position). So any number of
+processes or workers, under any load, gives the same global batches, and restoring the
+iterator state (a step count) replays exactly what an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
@@ -106,7 +107,6 @@ def normalize(images_u8, lighting, mean, divide: float = 1.0, flip=None):
 # ---- The grain pipeline ----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=2)  # The current epoch's and, at a boundary, the next one's.
 def _rows_or_whole_batch(rows, global_batch: int) -> tuple[int, int]:
   if rows is None:
     if jax.process_count() > 1:
@@ -119,6 +119,7 @@ def _rows_or_whole_batch(rows, global_batch: int) -> tuple[int, int]:
   return start, stop
 
 
+@functools.lru_cache(maxsize=2)  # The current epoch's and, at a boundary, the next one's.
 def _permutation(seed: int, epoch: int, examples: int) -> np.ndarray:
   """The order of `epoch`: a pure function, safe for grain's reader threads to share."""
   order = np.random.default_rng([seed, epoch]).permutation(examples)

@@ -33,7 +33,12 @@ def main(argv):
   try:
     distributed.initialize(f.config.distributed)  # Before anything touches a device.
     train.train_and_evaluate(f.config, f.workdir)
-  except (ValueError, train.TrainingError, checkpoint.CheckpointError) as e:
+  except checkpoint.CheckpointError as e:
+    # Orbax's writer threads are left failed and print asyncio tracebacks at interpreter
+    # exit; the state on disk is already safe, so leave without them: the error stays last.
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    os._exit(1)  # pylint: disable=protected-access
+  except (ValueError, train.TrainingError) as e:
     raise SystemExit(f'error: {e}') from None  # One line naming the field or problem.
 
 

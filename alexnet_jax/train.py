@@ -121,9 +121,22 @@ def make_eval_step(graphdef, *, num_classes: int, divide: float, crop: int, view
   return eval_fn
 
 
+def input_failure(e: Exception, when: str) -> TrainingError:
+  """What the main process reports when the input pipeline (or one of its workers) fails."""
+  reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+  return TrainingError(f'data: the input pipeline failed {when}: {reason}')
+
+
 def evaluate(eval_fn, params, dataset, mesh, mean, global_batch: int) -> dict[str, float]:
   totals = None
-  for batch in input_pipeline.global_batches(dataset, mesh, global_batch):
+  batches = input_pipeline.global_batches(dataset, mesh, global_batch)
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      break
+    except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
+      raise input_failure(e, 'during evaluation') from e
     out = eval_fn(params, batch, mean)
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
@@ -279,9 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
       if preemption.signalled:  # SIGTERM to the process group also stops grain's workers.
         return None
-      reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-      raise TrainingError(f'data: the input pipeline failed before step {step + 1}: '
-                          f'{reason}') from e
+      raise input_failure(e, f'before step {step + 1}') from e
 
   try:
     with _Preemption() as preemption:

@@ -17,6 +17,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from alexnet_jax import checkpoint
 from test_train import abstract_state, digits, last_checkpoint_meta
@@ -140,3 +141,26 @@ def test_sigterm_to_one_process_stops_all_after_the_same_step(tmp_path):
     assert proc.returncode == 75, err[-3000:]
   steps, meta = last_checkpoint_meta(workdir)
   assert len(steps) == 1 and 0 < steps[0] < 1000 and meta['data']['step'] == steps[0]
+
+
+def test_when_jax_distributed_is_started(monkeypatch):
+  from alexnet_jax import distributed  # pylint: disable=g-import-not-at-top
+  for var in ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'SLURM_PROCID',
+              'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES'):
+    monkeypatch.delenv(var, raising=False)
+  c = distributed.config()
+  assert not distributed.initialize(c)  # A plain single-process run: nothing to start.
+  monkeypatch.setenv('SLURM_NTASKS', '1')
+  monkeypatch.setenv('SLURM_PROCID', '0')
+  assert not distributed._launched_as_several_processes()  # sbatch with one task.
+  for var, value in (('SLURM_NTASKS', '4'), ('OMPI_COMM_WORLD_SIZE', '2'),
+                     ('TPU_WORKER_HOSTNAMES', 'w0,w1'), ('JAX_COORDINATOR_ADDRESS', 'h:1')):
+    with monkeypatch.context() as m:
+      m.setenv(var, value)
+      assert distributed._launched_as_several_processes(), var
+  c.initialize = 'sometimes'
+  with pytest.raises(ValueError, match="distributed.initialize: must be 'auto'"):
+    distributed.initialize(c)
+  c.initialize, c.coordinator_address = 'auto', 'localhost:1234'
+  with pytest.raises(ValueError, match='give num_processes >= 1'):
+    distributed.initialize(c)  # Checked before anything is started.

@@ -170,3 +170,8 @@ def test_gradients_are_the_same_on_every_mesh(variant):
     grads.append([np.asarray(g) for g in jax.tree.leaves(jax.jit(jax.grad(loss))(state))])
   for a, b in zip(*grads):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
+def test_one_process_reads_every_row_of_the_batch():
+  assert sharding.process_batch_rows(sharding.make_mesh(2), 16) == (0, 16)
+  assert sharding.process_batch_rows(sharding.make_mesh(1), 12) == (0, 12)
