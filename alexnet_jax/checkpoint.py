@@ -69,7 +69,8 @@ def _reason(e: BaseException) -> str:
 class Checkpoints:
   """Save and restore the run in `directory` (async; call `close` at the end)."""
 
-  def __init__(self, directory: str, *, keep: int = 3):
+  def __init__(self, directory: str, *, keep: int = 3, read_only: bool = False):
+    """`read_only` (evaluation beside a running job): never writes, deletes or cleans up."""
     self.directory = os.path.abspath(os.path.expanduser(directory))
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=keep),
@@ -77,7 +78,8 @@ class Checkpoints:
                                       n=1, keep_checkpoints_without_metrics=False)])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                            enable_async_checkpointing=True,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=not read_only,
+                                           read_only=read_only, create=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._saving = None  # The step of the save in flight.
 
@@ -101,28 +103,41 @@ class Checkpoints:
     """(state, meta) of the newest checkpoint that reads and checks out, or None.
 
     `abstract_state` gives shapes, dtypes and shardings (the run's own state, or
-    jax.ShapeDtypeStructs). Damaged checkpoints are reported in one line each and skipped.
+    jax.ShapeDtypeStructs). Damaged checkpoints are reported in one line each, skipped, and
+    set aside as `<step>.damaged`.
     """
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     damaged = []
     try:
       for step in reversed(self.steps()):
         try:
-          restored = self.manager.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
-          log.warning('checkpoint %d is unreadable (%s); trying the previous one', step,
-                      _reason(e))
+          return self.restore(step, abstract_state)
+        except CheckpointError as e:
+          log.warning('%s; trying the previous one', e)
           damaged.append(step)
-          continue
-        if checksum(restored.state) != restored.meta.get('checksum'):
-          log.warning('checkpoint %d fails its checksum; trying the previous one', step)
-          damaged.append(step)
-          continue
-        return restored.state, restored.meta
       return None
     finally:
       self._set_aside(damaged)
+
+  def restore(self, step: int, abstract_state):
+    """(state, meta) of checkpoint `step`; CheckpointError (one line) if it is unreadable or
+    fails its checksum."""
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
+      raise CheckpointError(f'checkpoint {step} is unreadable ({_reason(e)})') from None
+    if checksum(restored.state) != restored.meta.get('checksum'):
+      raise CheckpointError(f'checkpoint {step} fails its checksum')
+    return restored.state, restored.meta
+
+  def read_meta(self, step: int) -> dict:
+    """The JSON part of checkpoint `step` (its config, classes, data state), read alone."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore())).meta
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'checkpoint {step} is unreadable ({_reason(e)})') from None
 
   def _set_aside(self, steps) -> None:
     """Renames damaged checkpoints to `<step>.damaged` (kept for a look, out of the way of

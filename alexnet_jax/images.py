@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 from PIL import Image
+from PIL import UnidentifiedImageError
 
 # ImageNet's 1.2M JPEGs include a few very large ones; none is a decompression bomb.
 Image.MAX_IMAGE_PIXELS = 1 << 30
@@ -52,6 +53,8 @@ def open_rgb(data: bytes, *, draft_size: int | None = None) -> Image.Image:
     return _to_rgb(im)
   except BadImage:
     raise
+  except UnidentifiedImageError:
+    raise BadImage('not an image file') from None
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise BadImage(str(e) or type(e).__name__) from None
 

@@ -33,30 +33,55 @@ def config() -> ml_collections.ConfigDict:
   c.plateau_factor = 0.1  # Divide eps by 10 (s3).
   c.max_drops = 3  # Three drops in all: 0.01 -> 1e-5 (s3).
   c.manual_drop_epochs = (25, 51, 79)  # 'manual': run 145's drops (s3).
+  # Transfer learning: the rate of every layer not in `new_layers`, times eps. 0 trains the
+  # new layers alone (their weights frozen, decay included); 0.1 fine-tunes everything.
+  c.pretrained_lr_multiplier = 1.0
+  c.new_layers = ('fc8',)
   return c
+
+
+def _key_name(k) -> str | None:
+  """A path entry's name: a dict key (`['fc6']`) or an attribute (nnx's `.value`)."""
+  return getattr(k, 'key', getattr(k, 'name', None))
 
 
 def _is_bias(params):
   """A pytree of bools: True at every bias leaf (`...['fc6']['bias']`, or nnx's
   `...['fc6']['bias'].value`)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: any(getattr(k, 'key', getattr(k, 'name', None)) == 'bias' for k in path),
-      params)
+      lambda path, _: any(_key_name(k) == 'bias' for k in path), params)
 
 
 def _is_not_bias(params):
   return jax.tree.map(lambda b: not b, _is_bias(params))
 
 
+def _in_layers(layers):
+  """A mask function: True at the leaves under a top-level key in `layers`."""
+  def mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: _key_name(path[0]) in layers, params)
+  return mask
+
+
+def _not_in_layers(layers):
+  return lambda params: jax.tree.map(lambda b: not b, _in_layers(layers)(params))
+
+
 def paper_sgd(learning_rate: float, momentum: float = 0.9, weight_decay: float = 5e-4, *,
-              bias_lr_multiplier: float = 1.0, bias_weight_decay: bool = True
+              bias_lr_multiplier: float = 1.0, bias_weight_decay: bool = True,
+              pretrained_lr_multiplier: float = 1.0, new_layers: tuple[str, ...] = ()
               ) -> optax.GradientTransformation:
   """v <- momentum v - eps (weight_decay w + grad); w <- w + v. Biases optionally at
-  `bias_lr_multiplier` times the rate and without decay (the code, s2.6)."""
+  `bias_lr_multiplier` times the rate and without decay (the code, s2.6); layers outside
+  `new_layers` at `pretrained_lr_multiplier` times it (transfer learning)."""
   parts = [optax.add_decayed_weights(weight_decay,
                                      mask=None if bias_weight_decay else _is_not_bias)]
   if bias_lr_multiplier != 1.0:
     parts.append(optax.masked(optax.scale(bias_lr_multiplier), _is_bias))
+  if pretrained_lr_multiplier != 1.0:
+    parts.append(optax.masked(optax.scale(pretrained_lr_multiplier),
+                              _not_in_layers(tuple(new_layers))))
   parts += [optax.scale_by_learning_rate(learning_rate), optax.trace(decay=momentum)]
   return optax.chain(*parts)
 
@@ -71,11 +96,16 @@ def create(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
     raise ValueError(f'optim.weight_decay: must be >= 0, got {optim.weight_decay}')
   if optim.schedule not in ('plateau', 'manual'):
     raise ValueError(f"optim.schedule: must be 'plateau' or 'manual', got {optim.schedule!r}")
+  if optim.pretrained_lr_multiplier < 0:
+    raise ValueError('optim.pretrained_lr_multiplier: must be >= 0, got '
+                     f'{optim.pretrained_lr_multiplier}')
   return optax.inject_hyperparams(paper_sgd, static_args=(
-      'bias_lr_multiplier', 'bias_weight_decay'))(
+      'bias_lr_multiplier', 'bias_weight_decay', 'pretrained_lr_multiplier', 'new_layers'))(
           learning_rate=optim.base_lr, momentum=optim.momentum,
           weight_decay=optim.weight_decay, bias_lr_multiplier=optim.bias_lr_multiplier,
-          bias_weight_decay=optim.bias_weight_decay)
+          bias_weight_decay=optim.bias_weight_decay,
+          pretrained_lr_multiplier=optim.pretrained_lr_multiplier,
+          new_layers=tuple(optim.new_layers))
 
 
 def learning_rate(opt_state) -> jax.Array:

@@ -22,10 +22,12 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import distributed
+from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
@@ -99,24 +101,33 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float)
   return jax.jit(step_fn, donate_argnums=0)
 
 
+def view_probabilities(net, images_u8, mean, *, divide: float, crop: int, views: int):
+  """Softmax averaged over 1 view (`images_u8` are center crops) or the paper's 10 views
+  (`images_u8` are whole images: 4 corners, center, and their reflections)."""
+  if views == 10:
+    images_u8 = input_pipeline.ten_views(images_u8, crop)  # (B, 10, c, c, 3)
+    images_u8 = images_u8.reshape((-1,) + images_u8.shape[2:])
+  no_lighting = jnp.zeros((images_u8.shape[0], 3), jnp.float32)
+  probs = jax.nn.softmax(net(input_pipeline.normalize(images_u8, no_lighting, mean, divide)))
+  return probs.reshape((-1, views, probs.shape[-1])).mean(1)
+
+
+def error_sums(probs, labels, mask, num_classes: int) -> dict[str, jax.Array]:
+  """Sums over the valid examples of the loss and top-1/top-5 errors of `probs`."""
+  loss, top1, top5 = loss_and_errors(jnp.log(probs + 1e-12), labels, num_classes)
+  mask = mask.astype(jnp.float32)
+  return {'loss': jnp.sum(loss * mask), 'top1_error': jnp.sum(top1 * mask),
+          'top5_error': jnp.sum(top5 * mask), 'count': jnp.sum(mask)}
+
+
 def make_eval_step(graphdef, *, num_classes: int, divide: float, crop: int, views: int):
   """Sums of loss and errors over the valid examples of one batch, with 1 or 10 views."""
 
   @jax.jit
   def eval_fn(params, batch, mean):
-    net = nnx.merge(graphdef, params)
-    images = batch['image']
-    if views == 10:
-      images = input_pipeline.ten_views(images, crop)  # (B, 10, c, c, 3)
-      images = images.reshape((-1,) + images.shape[2:])
-    x = input_pipeline.normalize(images, jnp.zeros((images.shape[0], 3), jnp.float32), mean,
-                                 divide)
-    probs = jax.nn.softmax(net(x))
-    probs = probs.reshape((batch['label'].shape[0], views, -1)).mean(1)  # Average the views.
-    loss, top1, top5 = loss_and_errors(jnp.log(probs + 1e-12), batch['label'], num_classes)
-    mask = batch['mask'].astype(jnp.float32)
-    return {'loss': jnp.sum(loss * mask), 'top1_error': jnp.sum(top1 * mask),
-            'top5_error': jnp.sum(top5 * mask), 'count': jnp.sum(mask)}
+    probs = view_probabilities(nnx.merge(graphdef, params), batch['image'], mean,
+                               divide=divide, crop=crop, views=views)
+    return error_sums(probs, batch['label'], batch['mask'], num_classes)
 
   return eval_fn
 
@@ -163,7 +174,46 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 1  # Training metrics to metrics.jsonl and TensorBoard.
   c.progress = True  # The terminal progress bar.
   c.distributed = distributed.config()  # Multi-process runs (main.py starts them).
+  c.transfer = ml_collections.ConfigDict()
+  # Start from a trained model (a workdir, checkpoints/STEP, or a .npz/.pth state dict) with
+  # every layer but optim.new_layers copied; those start fresh, sized for model.num_classes.
+  c.transfer.source = ''
+  c.transfer.source_num_classes = 1000  # For a state-dict file: the classes it was trained on.
   return c
+
+
+# ---- Transfer learning -----------------------------------------------------------------------
+
+
+def pretrained_params(config, params, mesh):
+  """`params` with every layer outside `config.optim.new_layers` taken from the model that
+  `config.transfer.source` names (same architecture, any class count)."""
+  source_config = None
+  if config.transfer.source.endswith(('.npz', '.pth', '.pt')):
+    source_config = ml_collections.ConfigDict(config.to_dict())
+    source_config.model.num_classes = config.transfer.source_num_classes
+  pretrained = inference.load(config.transfer.source, config=source_config, mesh=mesh)
+  _, source = nnx.split(pretrained.net, nnx.Param)
+  new_layers = tuple(config.optim.new_layers)
+
+  def take(path, ours, theirs):
+    layer = path[0].key
+    if layer in new_layers:
+      return ours
+    if ours.shape != theirs.shape:
+      raise ValueError(f'transfer.source: layer {layer} is {theirs.shape} in '
+                       f'{pretrained.source}, this net needs {ours.shape}')
+    return jax.device_put(theirs, ours.sharding)
+
+  try:
+    merged = jax.tree_util.tree_map_with_path(take, params, source)
+  except ValueError as e:
+    if str(e).startswith('transfer.source'):
+      raise
+    raise ValueError(f'transfer.source: {pretrained.source} is another architecture than '
+                     f'this {config.model.variant!r} net') from None
+  log.info('started from %s; new layers: %s', pretrained.source, ', '.join(new_layers))
+  return merged
 
 
 # ---- Config checks ----------------------------------------------------------------------------
@@ -263,8 +313,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data.train.set_state(meta['data'])
     plateau.restore(meta['plateau'])
     log.info('resumed from step %d', int(state.step))
+  elif config.transfer.source:
+    state = state.replace(params=pretrained_params(config, params, mesh))
   writer = metrics_lib.Writer(workdir, resume_step=int(state.step), enabled=main_process)
-  meta_base = {'num_classes': config.model.num_classes, 'config': config.to_json()}
+  # What evaluate/predict need besides the weights: the config, class names and the mean.
+  meta_base = {'num_classes': config.model.num_classes, 'config': config.to_json(),
+               'classes': list(data.stats.classes)}
+  if main_process:
+    np.save(os.path.join(workdir, inference.MEAN_FILE), data.mean)
 
   train_step = make_train_step(graphdef, tx, seed=config.seed,
                                num_classes=config.model.num_classes, divide=data.divide)

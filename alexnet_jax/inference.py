@@ -1,0 +1,205 @@
+"""A trained model, ready to use: from a work directory, one checkpoint, or imported weights.
+
+`load(reference)` is what evaluate, predict, features and transfer learning share. A reference
+is one of
+  * a work directory (`WORKDIR`, holding `checkpoints/`): its newest good checkpoint;
+  * one checkpoint (`WORKDIR/checkpoints/STEP`);
+  * a state-dict file (`.npz` or `.pth`, see alexnet_jax.weights), with the config it needs.
+Checkpoints carry their config, class names and input normalization, so nothing else is
+needed to use them; they are only read, never cleaned up or set aside.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import re
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from ml_collections import config_flags
+
+from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import datasets
+from alexnet_jax import input_pipeline
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import sharding
+from alexnet_jax import weights as weights_lib
+
+log = logging.getLogger(__name__)
+MEAN_FILE = 'mean.npy'  # The exact mean a run subtracts, written into its work directory.
+
+
+@dataclasses.dataclass
+class Trained:
+  net: model_lib.AlexNet
+  config: ml_collections.ConfigDict
+  classes: tuple[str, ...]
+  mean: np.ndarray  # Subtracted from 0-255 crops: (crop, crop, 3) or (3,).
+  divide: float
+  source: str  # What was loaded, for reports.
+
+  @property
+  def crop(self) -> int:
+    return self.config.model.image_size
+
+  def class_names(self) -> tuple[str, ...]:
+    """Human-readable names: ImageNet's for the 1000 WordNet ids, else the class names."""
+    if len(self.classes) == 1000 and all(re.fullmatch(r'n\d{8}', c) for c in self.classes):
+      return imagenet_names()
+    return self.classes
+
+
+@functools.cache
+def imagenet_names() -> tuple[str, ...]:
+  """The 1000 ILSVRC-2012 class names in label order (sorted WordNet ids), from the list
+  torchvision ships (`_IMAGENET_CATEGORIES`), stored with the package."""
+  with open(os.path.join(os.path.dirname(__file__), 'imagenet_class_names.txt')) as f:
+    return tuple(line.rstrip('\n') for line in f)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(text))
+
+
+def abstract_train_state(net: model_lib.AlexNet, config, mesh):
+  """The shapes and shardings of a run's train state, for restoring a checkpoint into."""
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top  # train imports us.
+  _, params = nnx.split(net, nnx.Param)
+  with jax.set_mesh(mesh):  # Shapes only: no optimizer buffers are allocated.
+    opt_state = jax.eval_shape(optim.create(config.optim).init, params)
+  def on_mesh(s):  # eval_shape's shardings name an abstract mesh (or none): make them real.
+    spec = s.sharding.spec if s.sharding is not None else sharding.REPLICATED
+    return jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.named(mesh, spec))
+
+  opt_state = jax.tree.map(on_mesh, opt_state)
+  step = jax.ShapeDtypeStruct((), np.int32,
+                              sharding=sharding.named(mesh, sharding.REPLICATED))
+  return train.TrainState(step=step, params=params, opt_state=opt_state)
+
+
+def _normalization(config, workdir: str | None) -> tuple[np.ndarray, float]:
+  """The mean the run subtracted: its saved copy, else recomputed from its data config."""
+  path = os.path.join(workdir, MEAN_FILE) if workdir else None
+  if path and os.path.isfile(path):
+    return np.load(path), float(config.data.divide)
+  try:
+    _, stats = datasets.open_source(config.data, config.data.train_split)
+  except (datasets.DataError, OSError) as e:
+    log.warning('no %s and the training data is not at hand (%s): using the ImageNet '
+                'per-channel mean', MEAN_FILE, e)
+    stats = datasets.Stats(classes=())
+  mode = config.data.mean if stats.mean_image is not None else 'rgb'
+  return input_pipeline.mean_for(stats, mode, config.model.image_size), \
+      float(config.data.divide)
+
+
+def _checkpoint_location(path: str) -> tuple[str, int | None]:
+  """(checkpoints directory, step or None for the newest) of a workdir or checkpoint path."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return os.path.join(path, 'checkpoints'), None
+  name = os.path.basename(path)
+  if name.isdigit() and os.path.isdir(path):
+    return os.path.dirname(path), int(name)
+  raise ValueError(f'checkpoint: {path!r} is neither a work directory (with checkpoints/) nor '
+                   'a checkpoint (checkpoints/STEP)')
+
+
+def load(reference: str, *, config: ml_collections.ConfigDict | None = None, mesh=None,
+         seed: int = 0) -> Trained:
+  """The model `reference` names (see the module doc). `config` is needed for weights files;
+  for checkpoints it overrides nothing but is used for `data` when given."""
+  if reference.endswith(('.npz', '.pth', '.pt')):
+    if config is None:
+      raise ValueError(f'weights: {reference!r} needs --config to say which net it is')
+    if not os.path.isfile(reference):
+      raise ValueError(f'weights: no such file {reference!r}')
+    mesh = mesh or sharding.make_mesh(config.model.towers)
+    net = model_lib.create_model(config.model, mesh=mesh, seed=seed)
+    weights_lib.import_state_dict(net, reference)
+    mean, divide = _normalization(config, None)
+    classes = _data_classes(config)
+    return Trained(net, config, classes, mean, divide, reference)
+
+  directory, step = _checkpoint_location(reference)
+  ckpts = checkpoint_lib.Checkpoints(directory, read_only=True)
+  try:
+    steps = [step] if step is not None else list(reversed(ckpts.steps()))
+    if not steps:
+      raise ValueError(f'checkpoint: no checkpoints in {directory!r}')
+    for i, s in enumerate(steps):
+      try:
+        meta = ckpts.read_meta(s)
+        run_config = config_from_json(meta['config'])
+        mesh = mesh or sharding.make_mesh(run_config.model.towers)
+        net = model_lib.create_model(run_config.model, mesh=mesh, seed=seed)
+        state, meta = ckpts.restore(s, abstract_train_state(net, run_config, mesh))
+        break
+      except checkpoint_lib.CheckpointError as e:
+        if i == len(steps) - 1:
+          raise
+        log.warning('%s; trying the previous one', e)
+  finally:
+    ckpts.close()
+  nnx.update(net, state.params)
+  if config is not None:  # Evaluate on other data than the run's own.
+    run_config.data = config.data
+  workdir = os.path.dirname(directory)
+  mean, divide = _normalization(run_config, workdir)
+  classes = tuple(meta['classes']) if 'classes' in meta else _data_classes(run_config)
+  return Trained(net, run_config, classes, mean, divide, f'{directory}/{s}')
+
+
+def _data_classes(config) -> tuple[str, ...]:
+  try:
+    return tuple(datasets.open_source(config.data, config.data.train_split)[1].classes)
+  except (datasets.DataError, OSError):
+    return tuple(str(i) for i in range(config.model.num_classes))
+
+
+def probabilities_fn(trained: Trained, views: int):
+  """A jitted (uint8 images) -> class probabilities averaged over `views` (1 or 10)."""
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  graphdef, params = nnx.split(trained.net, nnx.Param)
+  mean = jax.device_put(trained.mean, sharding.named(trained.net.mesh, sharding.REPLICATED))
+
+  @jax.jit
+  def fn(params, images_u8, mean):
+    return train.view_probabilities(nnx.merge(graphdef, params), images_u8, mean,
+                                    divide=trained.divide, crop=trained.crop, views=views)
+
+  return lambda images_u8: fn(params, images_u8, mean)
+
+
+# ---- The command lines' shared flags ---------------------------------------------------------
+
+
+def define_model_flags(*, ensemble: bool = False) -> None:
+  """--workdir / --checkpoint / --weights (+ --config), and --ensemble where it makes sense."""
+  flags.DEFINE_string('workdir', None, 'A training work directory: its newest good checkpoint.')
+  flags.DEFINE_string('checkpoint', None, 'One checkpoint: WORKDIR/checkpoints/STEP.')
+  flags.DEFINE_string('weights', None, 'A .npz/.pth state dict (needs --config).')
+  config_flags.DEFINE_config_file(
+      'config', None, 'The net of --weights; for a checkpoint, its data section replaces the '
+      "run's (to use other data).")
+  if ensemble:
+    flags.DEFINE_list('ensemble', None, 'Several models (work directories, checkpoints or '
+                      'weights files), their softmax averaged.')
+
+
+def models_from_flags() -> list[Trained]:
+  f = flags.FLAGS
+  single = [r for r in (f.workdir, f.checkpoint, f.weights) if r]
+  ensemble = getattr(f, 'ensemble', None) or []
+  if len(single) + bool(ensemble) != 1:
+    raise app.UsageError('give exactly one of --workdir, --checkpoint, --weights'
+                         + (', --ensemble' if 'ensemble' in f else ''))
+  return [load(r, config=f.config) for r in (ensemble or single)]
