@@ -21,7 +21,6 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 import tqdm
 
 from alexnet_jax import datasets
@@ -33,23 +32,6 @@ CENTER = 4  # ten_views' index of the center crop.
 PAPER_ROWS = {  # paper.md s5: ILSVRC-2012 validation, 10 views, (top-1, top-5) %.
     1: ('paper, 1 CNN', 40.7, 18.2), 5: ('paper, 5 CNNs', 38.1, 16.4),
     7: ('paper, 7 CNNs', 36.7, 15.4)}
-
-
-def _views_fn(trained: inference.Trained):
-  """Jitted (whole uint8 images) -> per-view probabilities (B, 10, classes)."""
-  graphdef, params = nnx.split(trained.net, nnx.Param)
-  mean = jax.device_put(trained.mean, sharding.named(trained.net.mesh, sharding.REPLICATED))
-
-  @jax.jit
-  def fn(params, images_u8, mean):
-    views = input_pipeline.ten_views(images_u8, trained.crop)
-    flat = views.reshape((-1,) + views.shape[2:])
-    x = input_pipeline.normalize(flat, jnp.zeros((flat.shape[0], 3), jnp.float32), mean,
-                                 trained.divide)
-    probs = jax.nn.softmax(nnx.merge(graphdef, params)(x))
-    return probs.reshape(views.shape[:2] + probs.shape[-1:])
-
-  return lambda images_u8: fn(params, images_u8, mean)
 
 
 @jax.jit
@@ -88,7 +70,7 @@ def evaluate(models: list[inference.Trained], *, split: str | None = None,
   dataset = input_pipeline.eval_dataset(source, global_batch=batch_size, crop=None,
                                         workers=config.data.workers,
                                         prefetch=config.data.prefetch, rows=rows)
-  view_fns = [_views_fn(m) for m in models]
+  view_fns = [inference.probabilities_fn(m, 10, average=False) for m in models]
   counts = np.zeros((2, 3))
   bar = tqdm.tqdm(total=-(-len(source) // batch_size), desc='evaluating', unit='batch',
                   disable=not progress or jax.process_index() > 0)

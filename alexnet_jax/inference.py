@@ -165,16 +165,18 @@ def _data_classes(config) -> tuple[str, ...]:
     return tuple(str(i) for i in range(config.model.num_classes))
 
 
-def probabilities_fn(trained: Trained, views: int):
-  """A jitted (uint8 images) -> class probabilities averaged over `views` (1 or 10)."""
+def probabilities_fn(trained: Trained, views: int, *, average: bool = True):
+  """A jitted (uint8 images) -> class probabilities, averaged over `views` (1: the images
+  are center crops; 10: whole images), or per view (B, views, classes)."""
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   graphdef, params = nnx.split(trained.net, nnx.Param)
   mean = jax.device_put(trained.mean, sharding.named(trained.net.mesh, sharding.REPLICATED))
+  probabilities = train.view_probabilities if average else train.per_view_probabilities
 
   @jax.jit
   def fn(params, images_u8, mean):
-    return train.view_probabilities(nnx.merge(graphdef, params), images_u8, mean,
-                                    divide=trained.divide, crop=trained.crop, views=views)
+    return probabilities(nnx.merge(graphdef, params), images_u8, mean,
+                         divide=trained.divide, crop=trained.crop, views=views)
 
   return lambda images_u8: fn(params, images_u8, mean)
 

@@ -101,15 +101,21 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float)
   return jax.jit(step_fn, donate_argnums=0)
 
 
-def view_probabilities(net, images_u8, mean, *, divide: float, crop: int, views: int):
-  """Softmax averaged over 1 view (`images_u8` are center crops) or the paper's 10 views
-  (`images_u8` are whole images: 4 corners, center, and their reflections)."""
+def per_view_probabilities(net, images_u8, mean, *, divide: float, crop: int, views: int):
+  """(B, views, classes) softmax of 1 view (`images_u8` are center crops) or of the paper's
+  10 views (`images_u8` are whole images: 4 corners, center, and their reflections)."""
   if views == 10:
     images_u8 = input_pipeline.ten_views(images_u8, crop)  # (B, 10, c, c, 3)
     images_u8 = images_u8.reshape((-1,) + images_u8.shape[2:])
   no_lighting = jnp.zeros((images_u8.shape[0], 3), jnp.float32)
   probs = jax.nn.softmax(net(input_pipeline.normalize(images_u8, no_lighting, mean, divide)))
-  return probs.reshape((-1, views, probs.shape[-1])).mean(1)
+  return probs.reshape((-1, views, probs.shape[-1]))
+
+
+def view_probabilities(net, images_u8, mean, *, divide: float, crop: int, views: int):
+  """The softmax averaged over the views (paper s4)."""
+  return per_view_probabilities(net, images_u8, mean, divide=divide, crop=crop,
+                                views=views).mean(1)
 
 
 def error_sums(probs, labels, mask, num_classes: int) -> dict[str, jax.Array]:
