@@ -3,7 +3,7 @@
   python -m alexnet_jax.evaluate --workdir=DIR                # newest good checkpoint
   python -m alexnet_jax.evaluate --checkpoint=DIR/checkpoints/STEP
   python -m alexnet_jax.evaluate --weights=alexnet.pth --config=configs/paper.py:owt
-  python -m alexnet_jax.evaluate --ensemble=RUN1,RUN2,RUN3,RUN4,RUN5  # the 5-CNN row
+  python -m alexnet_jax.evaluate --ensemble RUN1 RUN2 RUN3 RUN4 RUN5  # the 5-CNN row (or A,B,..)
 
 Views (paper s4): 1 is the center crop; 10 are the four corner crops and the center crop
 and their reflections, the softmax averaged. An ensemble averages the models' softmax
@@ -113,11 +113,11 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
+  if len(argv) > 1 and not f.ensemble:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    models = inference.models_from_flags()
+    models = inference.models_from_flags(more=argv[1:])
     result = evaluate(models, split=f.split, batch_size=f.batch_size or None,
                       progress=f.progress)
   except (ValueError, inference.checkpoint_lib.CheckpointError) as e:

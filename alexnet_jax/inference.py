@@ -197,10 +197,12 @@ def define_model_flags(*, ensemble: bool = False) -> None:
                       'weights files), their softmax averaged.')
 
 
-def models_from_flags() -> list[Trained]:
+def models_from_flags(more: list[str] = ()) -> list[Trained]:
+  """The models the flags name; `more` (positional arguments) extend --ensemble, so both
+  `--ensemble=A,B,C` and `--ensemble A B C` work."""
   f = flags.FLAGS
   single = [r for r in (f.workdir, f.checkpoint, f.weights) if r]
-  ensemble = getattr(f, 'ensemble', None) or []
+  ensemble = (getattr(f, 'ensemble', None) or []) + list(more)
   if len(single) + bool(ensemble) != 1:
     raise app.UsageError('give exactly one of --workdir, --checkpoint, --weights'
                          + (', --ensemble' if 'ensemble' in f else ''))
