@@ -54,7 +54,7 @@ def epochs_to_reach(errors: np.ndarray, target: float) -> float | None:
 
 def define_flags():
   """Flags, defined when run as a script (tests import this module)."""
-  flags.DEFINE_string('config', os.path.join(sweep._REPO, 'configs', 'digits.py'),  # pylint: disable=protected-access
+  flags.DEFINE_string('config', sweep.DEFAULT_CONFIG,
                       'Config file, optionally file.py:arg.')
   flags.DEFINE_string('out', 'experiments/figure1', 'Directory for the two runs and the plot.')
   flags.DEFINE_multi_string('set', [], 'Config overrides a.b=value, for both runs.')

@@ -32,6 +32,7 @@ from absl import flags
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
+DEFAULT_CONFIG = os.path.join(_REPO, 'configs', 'digits.py')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +213,7 @@ def plot(rows, out: str) -> None:
 
 def define_flags():
   """Flags, defined when run as a script (tests import this module)."""
-  flags.DEFINE_string('config', os.path.join(_REPO, 'configs', 'digits.py'),
+  flags.DEFINE_string('config', DEFAULT_CONFIG,
                       'Config file, optionally file.py:arg.')
   flags.DEFINE_string('out', None, 'Sweep directory (one work directory per run inside).')
   flags.DEFINE_integer('seeds', 2, 'Seeds per ablation.')

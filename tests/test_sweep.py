@@ -12,7 +12,7 @@ import alexnet_jax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments'))
 import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-DIGITS = os.path.join(sweep._REPO, 'configs', 'digits.py')  # pylint: disable=protected-access
+DIGITS = sweep.DEFAULT_CONFIG
 
 
 @pytest.mark.parametrize('name', list(sweep.ABLATIONS))
