@@ -67,6 +67,7 @@ class ModelSpec:
   dropout_inverted: bool
   dropout_before_fc: bool
   cross_tower: bool
+  skip_conv4: bool
   fc8_per_tower: bool
   weight_std: tuple[float, ...]
   bias_init: tuple[float, ...]
@@ -124,6 +125,11 @@ class ModelSpec:
     self.feature_sizes()  # Raises if the image is too small for the net.
 
   # ---- Derived shapes ----------------------------------------------------------------------
+
+  @property
+  def layers(self) -> tuple[str, ...]:
+    """The layers this net has: all eight, or seven without conv4 (the s5 ablation)."""
+    return tuple(l for l in LAYERS if not (l == 'conv4' and self.skip_conv4))
 
   def _scaled(self, n: int) -> int:
     """n * width, rounded to a multiple of the tower count."""
@@ -196,9 +202,10 @@ class ModelSpec:
     if layer == 'conv1':
       return (self.conv1_kernel, self.conv1_kernel, 3, convs[0] // t)
     if layer in CONV_LAYERS:
-      i = CONV_LAYERS.index(layer)
+      previous = self.layers[self.layers.index(layer) - 1]  # conv3 feeds conv5 without conv4.
       k = 5 if layer == 'conv2' else 3
-      return (k, k, convs[i - 1] // share, convs[i] // t)
+      return (k, k, convs[CONV_LAYERS.index(previous)] // share,
+              convs[CONV_LAYERS.index(layer)] // t)
     if layer == 'fc6':
       return (self.fc6_inputs // share, fc // t)
     if layer == 'fc7':
@@ -207,7 +214,7 @@ class ModelSpec:
 
   def param_count(self) -> int:
     return sum(self.stacks(l) * (math.prod(self.kernel_shape(l)) + self.kernel_shape(l)[-1])
-               for l in LAYERS)
+               for l in self.layers)
 
   def dropout_sites(self) -> dict[str, tuple[int, ...]]:
     """One tower's activation shape at each dropout site (the masks' trailing shape)."""
@@ -374,6 +381,8 @@ def _tower_stages(spec, params, images, masks, *, train):
   h = pool(h)
 
   for layer in ('conv3', 'conv4', 'conv5'):
+    if layer not in spec.layers:
+      continue
     h = [act(a) for a in conv_layer(layer, tower_inputs(layer, h), padding='SAME')]
     yield layer, h
   h = pool(h)
@@ -421,15 +430,16 @@ def initial_params(spec: ModelSpec, key: jax.Array) -> dict[str, tuple[jax.Array
   the time of one per layer, and the values do not depend on the mesh.
   """
   shapes = {l: ((spec.stacks(l), *spec.kernel_shape(l)), (spec.stacks(l), spec.kernel_shape(l)[-1]))
-            for l in LAYERS}
-  sizes = [math.prod(s) for l in LAYERS for s in shapes[l]]
+            for l in spec.layers}
+  sizes = [math.prod(s) for l in spec.layers for s in shapes[l]]
   if spec.pytorch_init:
     flat = jax.random.uniform(key, (sum(sizes),), minval=-1.0, maxval=1.0)
   else:
     flat = jax.random.normal(key, (sum(sizes),))
   pieces = iter(jnp.split(flat, np.cumsum(sizes)[:-1]))
   params = {}
-  for i, layer in enumerate(LAYERS):
+  for layer in spec.layers:
+    i = LAYERS.index(layer)  # weight_std and bias_init list all eight layers.
     kshape, bshape = shapes[layer]
     kernel, bias = next(pieces).reshape(kshape), next(pieces).reshape(bshape)
     if spec.pytorch_init:
@@ -475,13 +485,14 @@ class AlexNet(nnx.Module):
   def features(self, images_NHWC: jax.Array, point: str = 'fc7') -> jax.Array:
     """Evaluation-mode activations at `point` (one of FEATURES), all towers concatenated
     tower-major on the last axis: (B, H, W, C) for conv points and pool5, (B, units) for fc."""
-    if point not in FEATURES:
-      raise ValueError(f'features: unknown point {point!r}; choose one of {FEATURES}')
+    if point not in FEATURES or (point in LAYERS and point not in self.spec.layers):
+      raise ValueError(f'features: unknown point {point!r} for this net; choose one of '
+                       f'{tuple(p for p in FEATURES if p not in LAYERS or p in self.spec.layers)}')
     self._check_images(images_NHWC)
     return _apply(self.spec, self.mesh, point, self._params(), images_NHWC, None)
 
   def _params(self):
-    return {l: (self.layer(l).kernel[...], self.layer(l).bias[...]) for l in LAYERS}
+    return {l: (self.layer(l).kernel[...], self.layer(l).bias[...]) for l in self.spec.layers}
 
   def _check_images(self, images_NHWC):
     spec, mesh = self.spec, self.mesh
@@ -506,7 +517,8 @@ def _apply(spec: ModelSpec, mesh: Mesh, stop_at: str, params, images_NHWC, dropo
     masks = {site: jax.random.bernoulli(jax.random.fold_in(dropout_key, i), keep,
                                         (batch, spec.towers, *shape), out_sharding=out)
              for i, (site, shape) in enumerate(sorted(spec.dropout_sites().items()))}
-  param_specs = {l: (sharding.tower_param_spec(spec.stacks(l), mesh),) * 2 for l in LAYERS}
+  param_specs = {l: (sharding.tower_param_spec(spec.stacks(l), mesh),) * 2
+                 for l in spec.layers}
   # Split fc8 leaves each tower's classes on its devices; everything else is whole per tower.
   split_logits = stop_at == 'logits' and spec.stacks('fc8') > 1
   fn = jax.shard_map(
@@ -545,7 +557,7 @@ def summary(model: AlexNet) -> str:
   """A table of the layers: per-tower kernel, stacks, placement, parameters."""
   spec = model.spec
   rows = [('layer', 'kernel per tower', 'towers', 'reads', 'sharding', 'params')]
-  for layer in LAYERS:
+  for layer in spec.layers:
     p = model.layer(layer)
     reads = 'all towers' if spec.reads_all_towers(layer) else 'own tower'
     rows.append((layer, 'x'.join(map(str, p.kernel.shape[1:])), str(p.kernel.shape[0]), reads,

@@ -46,6 +46,7 @@ def paper() -> ml_collections.ConfigDict:
   c.dropout_inverted = False  # s2.8: False scales outputs by 1-rate at test time, as the paper.
   c.dropout_before_fc = False  # False: after fc6/fc7's ReLU (paper); True: on their inputs (torchvision).
   c.cross_tower = True  # conv3, fc6, fc7 read both towers (s1); False: run 150's ablation.
+  c.skip_conv4 = False  # True: no conv4, conv3 feeds conv5 (s5: a middle layer removed).
   c.fc8_per_tower = True  # fc8 split over the towers, num_classes/2 each; s2.7: one fc8.
   c.weight_std = (0.01,) * 8  # Gaussian init std, conv1..fc8 (s1; s2.5: 0.03 for conv3-5).
   c.bias_init = (0., 1., 0., 1., 1., 1., 1., 0.)  # Bias init, conv1..fc8 (s1, s3).

@@ -28,7 +28,8 @@ TORCHVISION_KEYS = {'conv1': 'features.0', 'conv2': 'features.3', 'conv3': 'feat
 
 def layer_keys(spec: ModelSpec) -> dict[str, str]:
   """Our layer name -> the state dict's key prefix."""
-  return TORCHVISION_KEYS if spec.variant == 'owt' else {l: l for l in LAYERS}
+  keys = TORCHVISION_KEYS if spec.variant == 'owt' else {l: l for l in LAYERS}
+  return {l: k for l, k in keys.items() if l in spec.layers}
 
 
 def _fc6_hwc_to_chw(spec: ModelSpec, stacks: int):

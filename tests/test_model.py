@@ -340,3 +340,26 @@ def test_bad_images_and_mesh_are_clear_errors():
     m(jnp.ones((4, 63, 63, 3)), train=True)
   with pytest.raises(ValueError, match='one tower'):
     alexnet_jax.create_model(small_config('owt'), mesh=sharding.make_mesh(2))
+
+
+def test_a_net_without_conv4_feeds_conv3_into_conv5(tmp_path):
+  """The s5 ablation: removing a middle conv layer (conv4)."""
+  from alexnet_jax import weights  # pylint: disable=g-import-not-at-top
+  full = alexnet_jax.ModelSpec.from_config(alexnet_jax.model_config('paper'))
+  config = alexnet_jax.model_config('paper')
+  config.skip_conv4 = True
+  spec = alexnet_jax.ModelSpec.from_config(config)
+  assert 'conv4' not in spec.layers and len(spec.layers) == 7
+  assert spec.param_count() == full.param_count() - 663_936 == 60_301_288
+  assert spec.kernel_shape('conv5') == (3, 3, 192, 128)  # conv3's 192 per tower go in.
+  net = alexnet_jax.create_model(small_config(skip_conv4=True))
+  x = np.random.default_rng(0).normal(size=(4, 63, 63, 3)).astype(np.float32)
+  assert net(x).shape == (4, 10)
+  with pytest.raises(ValueError, match="unknown point 'conv4' for this net"):
+    net.features(x, 'conv4')
+  path = tmp_path / 'w.npz'
+  weights.export_state_dict(net, path)
+  assert not any(k.startswith('conv4') for k in np.load(path).files)
+  again = weights.import_state_dict(alexnet_jax.create_model(small_config(skip_conv4=True),
+                                                             seed=5), path)
+  np.testing.assert_allclose(again(x), net(x), rtol=1e-6)

@@ -130,7 +130,8 @@ def test_logits_agree_on_every_mesh_and_with_a_grouped_conv_reference(variant, m
 @pytest.mark.parametrize('variant,overrides', [
     ('one_tower', {}), ('owt', {}), ('paper', dict(cross_tower=False)),
     ('paper', dict(activation='tanh', lrn=False, pool_window=2)),
-    ('paper', dict(lrn_alpha_over_n=False, lrn_alpha=1e-2, dropout_inverted=True))])
+    ('paper', dict(lrn_alpha_over_n=False, lrn_alpha=1e-2, dropout_inverted=True)),
+    ('paper', dict(skip_conv4=True))])
 def test_variants_match_the_reference(variant, overrides):
   pytest.importorskip('torch')
   import torch_reference  # pylint: disable=g-import-not-at-top

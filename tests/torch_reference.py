@@ -58,7 +58,8 @@ def reference_logits(spec, state_dict, images_nhwc):
     h = h * (1 + 1e-3 / 25 * window) ** -0.75
   h = pool(h)
   for name in ('conv3', 'conv4', 'conv5'):
-    h = act(_conv(sd, name, h, padding=1))
+    if f'{name}.weight' in sd:  # conv4 is absent in the s5 ablation.
+      h = act(_conv(sd, name, h, padding=1))
   h = pool(h)
   if spec.adaptive_pool:
     h = F.adaptive_avg_pool2d(h, spec.adaptive_pool)
