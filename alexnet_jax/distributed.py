@@ -14,9 +14,11 @@ never calls it.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
+from absl import flags
 import jax
 import ml_collections
 
@@ -61,6 +63,12 @@ def initialize(c: ml_collections.ConfigDict) -> bool:
                                process_id=c.process_id)
   else:
     jax.distributed.initialize()
+  # Orbax's default barrier is a device collective, run from its async-save thread beside the
+  # training step's own collectives; on CPU (gloo) the two can interleave differently on
+  # different processes and deadlock. The coordination service's barrier cannot.
+  importlib.import_module('orbax.checkpoint')  # Defines the flag.
+  if flags.FLAGS.is_parsed():
+    flags.FLAGS.experimental_orbax_use_distributed_barrier = True
   log.info('process %d of %d, %d local of %d devices', jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
