@@ -59,10 +59,14 @@ def run(workdir, processes: int, epochs: int, tag: str):
   read."""
   procs, reads_paths = start(workdir, processes, epochs, tag)
   errs = []
-  for proc in procs:
-    out, err = proc.communicate(timeout=400)
-    assert proc.returncode == 0, err[-3000:]
-    errs.append(out + err)
+  try:
+    for proc in procs:
+      out, err = proc.communicate(timeout=400)
+      assert proc.returncode == 0, err[-3000:]
+      errs.append(out + err)
+  finally:
+    for proc in procs:  # A failed or hung run leaves no processes behind.
+      proc.kill()
   return errs, [json.load(open(path)) for path in reads_paths]
 
 
