@@ -35,7 +35,7 @@ def main(argv):
     train.train_and_evaluate(f.config, f.workdir)
   except checkpoint.CheckpointError as e:
     # Orbax's writer threads are left failed and print asyncio tracebacks at interpreter
-    # exit; the state on disk is already safe, so leave without them: the error stays last.
+    # exit; the state on disk is already safe, so leave without waiting for them.
     print(f'error: {e}', file=sys.stderr, flush=True)
     os._exit(1)  # pylint: disable=protected-access
   except (ValueError, train.TrainingError) as e:

@@ -140,9 +140,10 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
   code, out = finish(start(tmp_path, '--config.num_epochs=2', '--config.checkpoint_keep=1',
                            preexec_fn=small_disk))
   assert code == 1
-  assert out.strip().splitlines()[-1] == (
-      f'error: checkpoint: saving step {2 * STEPS_PER_EPOCH} in {tmp_path}/checkpoints '
-      'failed: File too large (errno 27); the checkpoints before it are kept')
+  # Our one line; orbax's failed writer threads may print their own tracebacks around it.
+  assert (f'error: checkpoint: saving step {2 * STEPS_PER_EPOCH} in {tmp_path}/checkpoints '
+          'failed: File too large (errno 27); the checkpoints before it are kept'
+          ) in out.splitlines()
   assert committed_steps(tmp_path) == [STEPS_PER_EPOCH]
   code, out = finish(start(tmp_path, '--config.num_epochs=2', '--config.checkpoint_keep=1'))
   assert code == 0 and f'resumed from step {STEPS_PER_EPOCH}' in out, out[-3000:]
