@@ -27,6 +27,7 @@ from alexnet_jax import datasets
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import sharding
+from alexnet_jax import train
 
 CENTER = 4  # ten_views' index of the center crop.
 PAPER_ROWS = {  # paper.md s5: ILSVRC-2012 validation, 10 views, (top-1, top-5) %.
@@ -39,15 +40,10 @@ def _error_counts(model_views, labels, mask):
   """(2, 3): top-1 errors, top-5 errors and examples of the models' averaged softmax, with 1
   and with 10 views, summed over the valid rows. All on device, in one program."""
   views = sum(model_views) / len(model_views)  # (B, 10, classes)
-  one_hot = jax.nn.one_hot(labels, views.shape[-1], dtype=views.dtype)
-  mask = mask.astype(jnp.float32)
   counts = []
   for probs in (views[:, CENTER], views.mean(1)):
-    # One-hot, not take_along_axis: the class axis may be split over the towers.
-    true_prob = jnp.sum(probs * one_hot, axis=-1, keepdims=True)
-    rank = jnp.sum(probs > true_prob, axis=-1)
-    counts.append(jnp.stack([jnp.sum((rank >= 1) * mask), jnp.sum((rank >= 5) * mask),
-                             jnp.sum(mask)]))
+    sums = train.error_sums(probs, labels, mask, probs.shape[-1])
+    counts.append(jnp.stack([sums['top1_error'], sums['top5_error'], sums['count']]))
   return jnp.stack(counts)
 
 
