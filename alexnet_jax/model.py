@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from alexnet_jax import ops
 from alexnet_jax import sharding
 from alexnet_jax import variants
 
@@ -230,24 +231,6 @@ class ModelSpec:
 # ---- Layers -----------------------------------------------------------------------------------
 
 
-def local_response_norm(x: jax.Array, *, size: int, alpha: float, beta: float, k: float,
-                        alpha_over_n: bool) -> jax.Array:
-  """b_c = a_c / (k + alpha' * sum_{|j-c| <= size//2} a_j^2) ** beta over the channel axis.
-
-  alpha' is alpha/size when `alpha_over_n` (the code's convention), else alpha (the text's).
-  The window sum is a product with a banded 0/1 matrix: one small matmul, fast on every
-  backend and with a cheap gradient.
-  """
-  c = x.shape[-1]
-  idx = np.arange(c)
-  lo = idx - size // 2
-  band = ((idx[:, None] >= lo[None, :]) & (idx[:, None] < lo[None, :] + size)).astype(np.float32)
-  x32 = x.astype(jnp.float32)
-  window = jnp.einsum('...c,cd->...d', x32 * x32, band)
-  scale = alpha / size if alpha_over_n else alpha
-  return (x32 * (k + scale * window) ** -beta).astype(x.dtype)
-
-
 def within_map_norm(x: jax.Array, *, size: int = 5, scale: float = 1e-3, beta: float = 0.75,
                     k: float = 1.0) -> jax.Array:
   """cuda-convnet's extra normalization after LRN2 (paper.md s2.4), within each map.
@@ -261,11 +244,6 @@ def within_map_norm(x: jax.Array, *, size: int = 5, scale: float = 1e-3, beta: f
   return (x32 * (k + scale / size**2 * window) ** -beta).astype(x.dtype)
 
 
-def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
-                               (1, stride, stride, 1), 'VALID')
-
-
 def adaptive_avg_pool(x: jax.Array, out: int) -> jax.Array:
   """PyTorch's AdaptiveAvgPool2d: bin i averages rows floor(i*n/out) .. ceil((i+1)*n/out)-1."""
   n = x.shape[1]
@@ -277,13 +255,6 @@ def adaptive_avg_pool(x: jax.Array, out: int) -> jax.Array:
     m[i, a:b] = 1.0 / (b - a)
   m = jnp.asarray(m, x.dtype)
   return jnp.einsum('bhwc,ih,jw->bijc', x, m, m)
-
-
-def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, stride: int = 1,
-         padding) -> jax.Array:
-  y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return y + bias
 
 
 # ---- The tower-parallel forward pass (runs inside shard_map) ---------------------------------
@@ -330,7 +301,7 @@ def _tower_stages(spec, params, images, masks, *, train):
     return kernel.astype(dtype), bias.astype(dtype)
 
   def lrn(hs):
-    norm = functools.partial(local_response_norm, size=spec.lrn_size, alpha=spec.lrn_alpha,
+    norm = functools.partial(ops.local_response_norm, size=spec.lrn_size, alpha=spec.lrn_alpha,
                              beta=spec.lrn_beta, k=spec.lrn_k,
                              alpha_over_n=spec.lrn_alpha_over_n)
     if not spec.lrn_across_towers:
@@ -350,12 +321,21 @@ def _tower_stages(spec, params, images, masks, *, train):
     m = masks[site]
     return [jnp.where(m[:, t], h * scale, 0).astype(h.dtype) for t, h in enumerate(hs)]
 
-  def conv_layer(layer, inputs, **kw):
+  def conv_layer(layer, inputs, stride=1, padding=None):
     kernel, bias = weights(layer)
-    return [conv(h, kernel[t], bias[t], **kw) for t, h in enumerate(inputs)]
+    padding = padding or ops.same_padding(kernel.shape[1])
+    return [ops.conv(h, kernel[t], stride, padding) + bias[t] for t, h in enumerate(inputs)]
+
+  def dense_layer(layer, inputs):
+    """All local towers' `layer` as one batched matmul over the stacked kernel: slicing a
+    tower's kernel out of the stack would copy it (75 MB for fc6), and the batched form's
+    gradient lands in the stack directly."""
+    kernel, bias = weights(layer)
+    flat = jnp.stack([a.reshape(a.shape[0], -1) for a in inputs])  # (stacks, B, in)
+    return list(jnp.einsum('tbi,tio->tbo', flat, kernel) + bias[:, None, :])
 
   def pool(hs):
-    return [max_pool(h, spec.pool_window, spec.pool_stride) for h in hs]
+    return [ops.max_pool(h, spec.pool_window, spec.pool_stride) for h in hs]
 
   def tower_inputs(layer, hs):
     """The input of each local tower's `layer`: its own, or all towers' (a cross link)."""
@@ -374,7 +354,7 @@ def _tower_stages(spec, params, images, masks, *, train):
   h = lrn(h) if spec.lrn and not spec.lrn1_before_relu else h
   h = pool(h)
 
-  h = [act(a) for a in conv_layer('conv2', h, padding='SAME')]
+  h = [act(a) for a in conv_layer('conv2', h)]
   yield 'conv2', h
   h = lrn(h) if spec.lrn else h
   h = [within_map_norm(a) for a in h] if spec.extra_norm2 else h
@@ -383,7 +363,7 @@ def _tower_stages(spec, params, images, masks, *, train):
   for layer in ('conv3', 'conv4', 'conv5'):
     if layer not in spec.layers:
       continue
-    h = [act(a) for a in conv_layer(layer, tower_inputs(layer, h), padding='SAME')]
+    h = [act(a) for a in conv_layer(layer, tower_inputs(layer, h))]
     yield layer, h
   h = pool(h)
   if spec.adaptive_pool:
@@ -395,9 +375,7 @@ def _tower_stages(spec, params, images, masks, *, train):
   if spec.dropout_before_fc:
     h = dropout('fc6', h)
   for layer in ('fc6', 'fc7'):
-    inputs = tower_inputs(layer, h)
-    kernel, bias = weights(layer)
-    h = [act(a.reshape(a.shape[0], -1) @ kernel[t] + bias[t]) for t, a in enumerate(inputs)]
+    h = [act(a) for a in dense_layer(layer, tower_inputs(layer, h))]
     yield layer, h
     if not spec.dropout_before_fc:
       h = dropout(layer, h)
@@ -405,9 +383,8 @@ def _tower_stages(spec, params, images, masks, *, train):
       h = dropout('fc7', h)
 
   # fc8 reads every tower; split over the towers (paper) or a single layer (the code).
-  kernel, bias = weights('fc8')
   features = _concat_towers(h, replicated=spec.stacks('fc8') == 1)
-  logits = [features @ kernel[t] + bias[t] for t in range(kernel.shape[0])]
+  logits = dense_layer('fc8', [features] * params['fc8'][0].shape[0])
   yield 'logits', jnp.concatenate(logits, axis=-1).astype(jnp.float32)
 
 

@@ -86,14 +86,22 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float)
     (loss, (top1, top5)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = jax.tree.map(jnp.add, state.params, updates)
-    # A non-finite loss, gradient or result (an overflow of params or momentum) skips the
-    # update: the state stays finite.
-    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((grads, params, opt_state))
-         if jnp.issubdtype(x.dtype, jnp.floating)]))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           opt_state=keep(opt_state, state.opt_state))
+    # A non-finite loss or gradient skips the whole update: the state is kept bit for bit.
+    # A parameter or momentum value that the update overflows keeps its old value, so the
+    # state is always finite. Both are elementwise selects that fuse into the optimizer's
+    # one pass over the parameters; checking the new state as a whole first would read it
+    # twice more (0.3 s a step on a 2-core CPU for the paper's 61M parameters).
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+
+    def guard(new, old):
+      if not jnp.issubdtype(new.dtype, jnp.floating):
+        return new
+      return jnp.where(finite & jnp.isfinite(new), new, old)
+
+    guarded = lambda new, old: jax.tree.map(guard, new, old)
+    new_state = TrainState(step=state.step + 1, params=guarded(params, state.params),
+                           opt_state=guarded(opt_state, state.opt_state))
     metrics = {'loss': loss, 'top1_error': top1, 'top5_error': top5,
                'finite': finite.astype(jnp.float32)}
     return new_state, metrics

@@ -7,6 +7,7 @@ from flax import nnx
 
 import alexnet_jax
 from alexnet_jax import model as model_lib
+from alexnet_jax import ops
 from alexnet_jax import sharding
 from conftest import small_config
 
@@ -136,8 +137,7 @@ def test_lrn1_before_relu_normalizes_pre_activations():
   got = np.asarray(m.features(x, 'conv1'))  # After the code's LRN and ReLU.
   k, b = np.asarray(m.conv1.kernel[...]), np.asarray(m.conv1.bias[...])
   lo, hi = m.spec.conv1_pads
-  pre = [np.asarray(model_lib.conv(x, k[t], b[t], stride=2, padding=((lo, hi), (lo, hi))))
-         for t in range(2)]
+  pre = [np.asarray(ops.conv(x, k[t], 2, ((lo, hi), (lo, hi))) + b[t]) for t in range(2)]
   want = np.concatenate([np.maximum(lrn_loop(p, 5, 1.0, 0.75, 2.0, False), 0) for p in pre], -1)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   paper = alexnet_jax.create_model(small_config(lrn_alpha=1.0, lrn_alpha_over_n=False), seed=4)
@@ -220,7 +220,7 @@ def lrn_loop(a, n, alpha, beta, k, alpha_over_n):
 @pytest.mark.parametrize('alpha_over_n', [True, False])
 def test_lrn_matches_the_formula(alpha_over_n):
   a = np.random.default_rng(0).normal(0, 30, (2, 3, 4, 11)).astype(np.float32)
-  got = model_lib.local_response_norm(jnp.asarray(a), size=5, alpha=1e-4, beta=0.75, k=2.0,
+  got = ops.local_response_norm(jnp.asarray(a), size=5, alpha=1e-4, beta=0.75, k=2.0,
                                       alpha_over_n=alpha_over_n)
   np.testing.assert_allclose(got, lrn_loop(a, 5, 1e-4, 0.75, 2.0, alpha_over_n), rtol=1e-5)
 
