@@ -105,6 +105,13 @@ def config() -> ml_collections.ConfigDict:
   return c
 
 
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits():
+  """Read once per process: both splits come from it."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  return load_digits()
+
+
 @functools.lru_cache(maxsize=4)
 def digits(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's real 8x8 handwritten digits as (N, S, S, 3) uint8 RGB and int32 labels.
@@ -112,10 +119,9 @@ def digits(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
   Each 0..16 grey image is scaled to 0..255, resized bilinearly to `image_size` and repeated
   over the three channels. The train/test split is fixed (seeded), the same everywhere.
   """
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   if split not in ('train', 'test'):
     raise DataError(f"data.train_split/eval_split: digits has 'train' and 'test', not {split!r}")
-  d = load_digits()
+  d = _sklearn_digits()
   order = np.random.default_rng(0).permutation(len(d.target))
   n_test = int(round(len(order) * DIGITS_TEST_FRACTION))
   index = order[n_test:] if split == 'train' else order[:n_test]

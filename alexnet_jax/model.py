@@ -424,7 +424,7 @@ def initial_params(spec: ModelSpec, key: jax.Array) -> dict[str, tuple[jax.Array
       bound = 1.0 / math.sqrt(math.prod(kshape[1:-1]))
       params[layer] = (bound * kernel, bound * bias)
     else:
-      params[layer] = (spec.weight_std[i] * kernel, jnp.full(bshape, spec.bias_init[i]))
+      params[layer] = (spec.weight_std[i] * kernel, jnp.full(bshape, spec.bias_init[i], jnp.float32))
   return params
 
 

@@ -3,24 +3,36 @@
 Each function computes exactly what its plain `jax.lax` form does; two differ only in how
 their gradient is computed (measured in experiments/BENCHMARKS.md, "Where the time goes"):
 
-- `conv`: on CPU the kernel gradient is an explicit im2col matrix product. XLA:CPU lowers
-  the backward-filter convolution (a convolution whose "kernel" is the whole 27x27 or 55x55
-  output gradient) to a path that runs 1.5-2x slower than the same arithmetic as one
-  matmul. Other backends keep XLA's own gradient (cuDNN's backward-filter kernels are fast).
-- `max_pool`: the gradient goes to the first maximum of each window, in window order,
-  exactly as XLA's select-and-scatter does, but computed from strided slices, comparisons
-  and interior padding: elementwise work that fuses, 3-4x faster than select-and-scatter
-  on CPU, and without its scatter on GPU.
+- `conv`: on CPU, for large layers, the kernel gradient is an explicit im2col matrix
+  product. XLA:CPU lowers the backward-filter convolution (a convolution whose "kernel" is
+  the whole 27x27 or 55x55 output gradient) to a path that runs 1.5-2x slower than the same
+  arithmetic as matmuls. Other backends keep XLA's own gradient (cuDNN's backward-filter
+  kernels are fast).
+- `max_pool`: for large inputs, the gradient goes to the first maximum of each window, in
+  window order, as XLA's select-and-scatter sends it, but computed from strided slices,
+  comparisons and interior padding: elementwise work that fuses, 3-4x faster than
+  select-and-scatter on CPU, and without its scatter on GPU.
+
+Both switch by size (below): on small layers the extra ops cost more than they save.
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
+# The im2col kernel gradient wins from about this size of product up (the paper's conv
+# layers at batch 32: 2.4-7.2 GFLOP each); below it, the extra slices and concatenations cost
+# more than they save (the embedded default's layers, 0.1-0.3 GFLOP: 7% slower steps).
+IM2COL_MIN_FLOPS = 1e9
+# Likewise the max-pool gradient by masks pays from about this many input elements up (the
+# paper's pool1 and pool2 at batch 32: 3-5M, 3-4x faster); below it XLA's select-and-scatter
+# is as fast and compiles sooner (2 s less for the embedded default's train step).
+MASKED_POOL_MIN_SIZE = 1_000_000
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -58,10 +70,11 @@ def _conv_bwd(stride, padding, residuals, dy):
   x, kernel = residuals
   dx = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)[1](dy)[0]
   native_dk = lambda x, dy: jax.vjp(lambda k: _conv(x, k, stride, padding), kernel)[1](dy)[0]
+  if 2 * dy.size * math.prod(kernel.shape[:-1]) < IM2COL_MIN_FLOPS:
+    return dx, native_dk(x, dy)
   im2col_dk = lambda x, dy: _sum_to_kernel_axes(kernel_grad_im2col(
       x, dy, size=kernel.shape[0], stride=stride, padding=padding, dtype=kernel.dtype), kernel)
-  dk = jax.lax.platform_dependent(x, dy, cpu=im2col_dk, default=native_dk)
-  return dx, dk
+  return dx, jax.lax.platform_dependent(x, dy, cpu=im2col_dk, default=native_dk)
 
 
 def _sum_to_kernel_axes(dk, kernel):
@@ -106,15 +119,25 @@ def kernel_grad_im2col(x: jax.Array, dy: jax.Array, *, size: int, stride: int,
 # ---- Max pooling ------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
   """window x window max pooling at `stride`, no padding, over NHWC."""
-  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+  if x.size < MASKED_POOL_MIN_SIZE:
+    return _reduce_max(x, window, stride)
+  return _masked_max_pool(x, window, stride)
+
+
+def _reduce_max(x, window, stride):
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max,
                                (1, window, window, 1), (1, stride, stride, 1), 'VALID')
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _masked_max_pool(x, window, stride):
+  return _reduce_max(x, window, stride)
+
+
 def _max_pool_fwd(x, window, stride):
-  y = max_pool(x, window, stride)
+  y = _reduce_max(x, window, stride)
   return y, (x, y)
 
 
@@ -137,7 +160,7 @@ def _max_pool_bwd(window, stride, residuals, dy):
   return (dx,)
 
 
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_masked_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 # ---- Local response normalization -------------------------------------------------------------

@@ -354,6 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                   enabled=config.progress and main_process)
   pending, t_last = None, time.perf_counter()
   saved_step = step if restored is not None else None  # The step of the newest checkpoint.
+  last_eval = (None, None)  # (step, 1-view results) of the newest evaluation.
 
   def next_batch():
     """The next global batch, or None when a preemption signal broke the input workers."""
@@ -391,6 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
           pending = None
           val = evaluate(eval_1view, state.params, data.eval, mesh, mean, config.batch_size)
+          last_eval = (step, val)
           writer.write(step, {f'val_{k}': v for k, v in val.items()}
                        | {'epoch': step / steps_per_epoch})
           progress.show_eval(val)
@@ -417,11 +419,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoints.close()  # Last: it raises if the final save failed.
 
   final = {'step': step, 'epochs': step / steps_per_epoch}
-  for views in (1, 10):
-    fn = make_eval_step(graphdef, num_classes=config.model.num_classes, divide=data.divide,
-                        crop=crop, views=views)
-    dataset = data.eval if views == 1 else data.eval_whole
-    for k, v in evaluate(fn, state.params, dataset, mesh, mean, config.batch_size).items():
+  if last_eval[0] == step:  # The last epoch's evaluation is the final 1-view one.
+    one_view = last_eval[1]
+  else:
+    one_view = evaluate(eval_1view, state.params, data.eval, mesh, mean, config.batch_size)
+  eval_10views = make_eval_step(graphdef, num_classes=config.model.num_classes,
+                                divide=data.divide, crop=crop, views=10)
+  ten_views = evaluate(eval_10views, state.params, data.eval_whole, mesh, mean,
+                       config.batch_size)
+  for views, results in ((1, one_view), (10, ten_views)):
+    for k, v in results.items():
       final[f'{views}view_{k}'] = v
   writer.write(step, {f'final_{k}': v for k, v in final.items()})
   writer.close()

@@ -18,7 +18,8 @@ def lax_conv(x, kernel, stride, padding):
     (3, 1, ops.same_padding(3), 6),  # conv3..conv5.
     (4, 2, ops.same_padding(4), 8),  # An even kernel: the extra padding row goes last.
 ])
-def test_conv_and_its_gradients_equal_xlas(size, stride, padding, side):
+def test_conv_and_its_gradients_equal_xlas(size, stride, padding, side, monkeypatch):
+  monkeypatch.setattr(ops, 'IM2COL_MIN_FLOPS', 0)  # The im2col gradient at any size.
   rng = np.random.default_rng(size)
   x = jnp.asarray(rng.normal(size=(3, side, side, 5)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(size, size, 5, 7)), jnp.float32)
@@ -36,7 +37,8 @@ def test_conv_and_its_gradients_equal_xlas(size, stride, padding, side):
   np.testing.assert_allclose(direct, xlas[1], rtol=1e-4, atol=1e-4)
 
 
-def test_conv_kernel_gradient_in_bfloat16_keeps_the_kernels_dtype():
+def test_conv_kernel_gradient_in_bfloat16_keeps_the_kernels_dtype(monkeypatch):
+  monkeypatch.setattr(ops, 'IM2COL_MIN_FLOPS', 0)
   x = jnp.ones((2, 6, 6, 3), jnp.bfloat16)
   kernel = jnp.ones((3, 3, 3, 4), jnp.bfloat16)
   grad = jax.grad(lambda k: jnp.sum(ops.conv(x, k, 1, ops.same_padding(3)).astype(
@@ -47,7 +49,8 @@ def test_conv_kernel_gradient_in_bfloat16_keeps_the_kernels_dtype():
 
 
 @pytest.mark.parametrize('window,stride', [(3, 2), (2, 2), (3, 1)])
-def test_max_pool_gradient_goes_where_xlas_goes_ties_included(window, stride):
+def test_max_pool_gradient_goes_where_xlas_goes_ties_included(window, stride, monkeypatch):
+  monkeypatch.setattr(ops, 'MASKED_POOL_MIN_SIZE', 0)  # The masked gradient at any size.
   rng = np.random.default_rng(window * 10 + stride)
   # Small integers: most windows hold several equal maxima, as ReLU's zeros do.
   x = jnp.asarray(rng.integers(0, 3, size=(2, 13, 11, 4)), jnp.float32)

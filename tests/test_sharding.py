@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 import alexnet_jax
+from alexnet_jax import ops
 from alexnet_jax import sharding
 from alexnet_jax import weights
 from conftest import small_config
@@ -152,25 +153,46 @@ def test_train_mode_is_the_same_on_every_mesh():
   np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
 
 
+def mesh_gradients(config, devices):
+  """Gradients of a cross-entropy loss, train mode, on a (data, tower) mesh of `devices`."""
+  images = jax.random.normal(jax.random.key(1), (4, 63, 63, 3))
+  labels = jnp.arange(4) % 10
+  m = alexnet_jax.create_model(config, seed=3, mesh=sharding.make_mesh(2, devices=devices))
+  graphdef, state = nnx.split(m)
+
+  def loss(s):
+    logits = nnx.merge(graphdef, s)(images, train=True, dropout_key=jax.random.key(2))
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.sum(logp * jax.nn.one_hot(labels, 10), axis=-1))
+
+  return [np.asarray(g) for g in jax.tree.leaves(jax.jit(jax.grad(loss))(state))]
+
+
+def assert_gradients_close(grads_a, grads_b):
+  for a, b in zip(grads_a, grads_b):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
 @pytest.mark.parametrize('variant', ['paper', 'cuda_convnet', 'caffe'])
 def test_gradients_are_the_same_on_every_mesh(variant):
   """The reduce-scatters (and the slice for a single fc8) transpose the gathers exactly."""
   config = small_config(variant)
-  images = jax.random.normal(jax.random.key(1), (4, 63, 63, 3))
-  labels = jnp.arange(4) % 10
-  grads = []
-  for devices in (jax.devices()[:1], jax.devices()):
-    m = alexnet_jax.create_model(config, seed=3, mesh=sharding.make_mesh(2, devices=devices))
-    graphdef, state = nnx.split(m)
+  assert_gradients_close(mesh_gradients(config, jax.devices()[:1]),
+                         mesh_gradients(config, jax.devices()))
 
-    def loss(s):
-      logits = nnx.merge(graphdef, s)(images, train=True, dropout_key=jax.random.key(2))
-      logp = jax.nn.log_softmax(logits)
-      return -jnp.mean(jnp.sum(logp * jax.nn.one_hot(labels, 10), axis=-1))
 
-    grads.append([np.asarray(g) for g in jax.tree.leaves(jax.jit(jax.grad(loss))(state))])
-  for a, b in zip(*grads):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+def test_im2col_kernel_gradients_sum_over_the_data_axis(monkeypatch):
+  """On CPU, large convs take their kernel gradient from `ops.kernel_grad_im2col`; on a
+  2 data x 2 tower mesh it must add the data shards' sums as XLA's own gradient does."""
+  config = small_config()
+  native = mesh_gradients(config, jax.devices())
+  monkeypatch.setattr(ops, 'IM2COL_MIN_FLOPS', 0)  # Every conv, however small.
+  jax.clear_caches()  # The choice is made when tracing.
+  try:
+    assert_gradients_close(mesh_gradients(config, jax.devices()), native)
+  finally:
+    monkeypatch.undo()
+    jax.clear_caches()
 
 
 def test_one_process_reads_every_row_of_the_batch():
