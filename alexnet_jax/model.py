@@ -424,7 +424,10 @@ def initial_params(spec: ModelSpec, key: jax.Array) -> dict[str, tuple[jax.Array
       bound = 1.0 / math.sqrt(math.prod(kshape[1:-1]))
       params[layer] = (bound * kernel, bound * bias)
     else:
-      params[layer] = (spec.weight_std[i] * kernel, jnp.full(bshape, spec.bias_init[i], jnp.float32))
+      # float32, not weak-typed: the train step's outputs must match its inputs' types, or
+      # the second step compiles the step again.
+      bias = jnp.full(bshape, spec.bias_init[i], jnp.float32)
+      params[layer] = (spec.weight_std[i] * kernel, bias)
   return params
 
 

@@ -3,8 +3,9 @@
     python experiments/benchmark.py [--models=paper,digits] [--repeats=3] [--steps=6]
                                     [--dtype=float32] [--batch=N] [--frameworks=jax,torch]
 
-For each model (the paper's net at batch 32, or --batch; the embedded default at its batch of
-64) it measures, on this machine's default JAX backend:
+Needs PyTorch's CPU build (`pip install -r requirements-test.txt`). For each model (the
+paper's net at batch 32, the embedded default at its config's batch, or --batch) it
+measures, on this machine's default JAX backend:
 
   train      one optimizer step: forward, backward and the paper's momentum SGD with weight
              decay, images/s. Ours is the training loop's own jitted step, fed uint8 crops
@@ -41,25 +42,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-BATCHES = {'paper': 32, 'digits': 64}
 # Dense peak FLOP/s of accelerators we may be lent, by JAX device_kind prefix and dtype.
 PEAK_FLOPS = {('NVIDIA H100', 'bfloat16'): 989e12, ('NVIDIA H100', 'float32'): 67e12,
               ('NVIDIA H200', 'bfloat16'): 989e12, ('NVIDIA H200', 'float32'): 67e12}
 
 
 def model_config(name: str, dtype: str):
-  """(model ConfigDict, optim ConfigDict, data.divide) of a benchmarked model."""
+  """(model ConfigDict, optim ConfigDict, data.divide, default batch) of a benchmarked model:
+  the paper's net at the batch of the issue's target, or the embedded default as it trains."""
   from alexnet_jax import optim, variants  # pylint: disable=g-import-not-at-top
   if name == 'paper':
-    model, opt, divide = variants.paper(), optim.config(), 1.0
+    model, opt, divide, batch = variants.paper(), optim.config(), 1.0, 32
   elif name == 'digits':
     from configs import digits  # pylint: disable=g-import-not-at-top
     c = digits.get_config()
-    model, opt, divide = c.model, c.optim, c.data.divide
+    model, opt, divide, batch = c.model, c.optim, c.data.divide, c.batch_size
   else:
     raise ValueError(f'--models: unknown model {name!r}; choose paper or digits')
   model.compute_dtype = dtype
-  return model, opt, divide
+  return model, opt, divide, batch
 
 
 def _timed(fn, steps: int) -> list[float]:
@@ -86,7 +87,7 @@ def jax_worker(name: str, batch: int, steps: int, dtype: str) -> dict:
   import alexnet_jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import input_pipeline, optim, sharding, train  # pylint: disable=g-import-not-at-top
 
-  model_cfg, optim_cfg, divide = model_config(name, dtype)
+  model_cfg, optim_cfg, divide, _ = model_config(name, dtype)
   mesh = sharding.single_device_mesh()  # One device runs both towers.
   net = alexnet_jax.create_model(model_cfg, mesh=mesh)
   spec = net.spec
@@ -152,7 +153,7 @@ def torch_worker(name: str, batch: int, steps: int, dtype: str) -> dict:
 
   if dtype != 'float32':
     raise ValueError('the PyTorch baseline runs in float32 only on the CPU')
-  model_cfg, optim_cfg, _ = model_config(name, dtype)
+  model_cfg, optim_cfg, _, _ = model_config(name, dtype)
   spec = ModelSpec.from_config(model_cfg)
   torch.manual_seed(0)
   x = torch.randn(batch, 3, spec.image_size, spec.image_size)
@@ -211,7 +212,7 @@ def measure(models, frameworks, repeats: int, steps: int, dtype: str, batch: int
   for r in range(repeats):
     order = frameworks if r % 2 == 0 else frameworks[::-1]
     for name in models:
-      b = batch or BATCHES[name]
+      b = batch or model_config(name, dtype)[3]
       for framework in order:
         if framework == 'torch' and dtype != 'float32':
           continue
@@ -273,7 +274,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--steps', type=int, default=6)
   parser.add_argument('--batch', type=int, default=None,
-                      help='Batch for every model (default: paper 32, digits 64).')
+                      help='Batch for every model (default: paper 32, digits its config\'s).')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                       help='Our compute dtype (parameters and optimizer state stay float32).')
   parser.add_argument('--worker', choices=sorted(WORKERS), help=argparse.SUPPRESS)

@@ -12,7 +12,10 @@ NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize('name', ['quickstart', 'imagenet_colab', 'ablations'])
-def test_notebook_runs_on_cpu(name):
+def test_notebook_runs_on_cpu(name, tmp_path, monkeypatch):
+  # The notebooks keep their work under tempfile.gettempdir(), where a rerun resumes: give
+  # each run its own, so that nothing from an earlier version's run is picked up.
+  monkeypatch.setenv('TMPDIR', str(tmp_path))
   path = os.path.join(NOTEBOOKS, f'{name}.ipynb')
   notebook = nbformat.read(path, as_version=4)
   assert all(not cell.get('outputs') and not cell.get('execution_count')
