@@ -288,12 +288,13 @@ def main():
   results = measure(models, frameworks, args.repeats, args.steps, args.dtype, args.batch)
   text = table(results, models)
   ours = next((r for (_, f), r in results.items() if f == 'jax'), {})
-  theirs = next((r for (_, f), r in results.items() if f == 'torch'), {})
   notes = [f'ours: JAX on {ours.get("platform", "?")} ({ours.get("device", "?")}), '
            f'compute dtype {args.dtype}'] if ours else []
-  if theirs:
-    notes.append(f'PyTorch {theirs.get("threads")} threads, faster memory format: '
-                 f'{theirs.get("memory_format")}')
+  formats = [f'{name} {r.get("memory_format")}' for (name, f), r in results.items()
+             if f == 'torch']
+  if formats:
+    threads = next(r['threads'] for (_, f), r in results.items() if f == 'torch')
+    notes.append(f'PyTorch {threads} threads, faster memory format: {", ".join(formats)}')
   print(text)
   print('; '.join(notes))
   if not args.no_record:
