@@ -36,7 +36,10 @@ def main(argv):
   except checkpoint.CheckpointError as e:
     # Orbax's writer threads are left failed and print asyncio tracebacks at interpreter
     # exit; the state on disk is already safe, so leave without waiting for them.
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    # One write with its newline: print() writes the newline separately, and a writer
+    # thread's traceback could land between the two.
+    sys.stderr.write(f'error: {e}\n')
+    sys.stderr.flush()
     os._exit(1)  # pylint: disable=protected-access
   except (ValueError, train.TrainingError) as e:
     raise SystemExit(f'error: {e}') from None  # One line naming the field or problem.
