@@ -1,7 +1,8 @@
 """The network's layer primitives, with gradients written for speed where XLA's are slow.
 
-Each function computes exactly what its plain `jax.lax` form does; two differ only in how
-their gradient is computed (measured in experiments/BENCHMARKS.md, "Where the time goes"):
+Each function computes what its plain `jax.lax` form does; two differ only in how their
+gradient is computed, which changes it at most in the summation order (measured in
+experiments/BENCHMARKS.md, "Where the time goes"; checked in tests/test_ops.py):
 
 - `conv`: on CPU, for large layers, the kernel gradient is an explicit im2col matrix
   product. XLA:CPU lowers the backward-filter convolution (a convolution whose "kernel" is
