@@ -21,11 +21,8 @@ the PyTorch-style row: both do all the float work on the host. Medians of --repe
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alexnet_jax import datasets, images, input_pipeline, prepare  # noqa: E402
+from records import markdown_table, record  # noqa: E402
 
 CROP, BATCH = 224, 128
 
@@ -136,16 +134,6 @@ def torch_style(directory: str, workers: int, batches: int) -> float:
   return batches * BATCH / seconds
 
 
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return f'{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}'
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--images', type=int, default=2048)
@@ -170,22 +158,12 @@ def main():
         rows.append((name, str(workers), f'{rate:,.0f}', f'{rate / cores:,.0f}',
                      f'{rate / base:.2f}x'))
   header = ('pipeline', 'workers', 'images/s', 'images/s per core', 'vs PyTorch-style')
-  widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-  fmt = lambda r: '| ' + ' | '.join(c.ljust(w) for c, w in zip(r, widths)) + ' |'
-  table = '\n'.join([fmt(header), '|' + '|'.join('-' * (w + 2) for w in widths) + '|'] +
-                    [fmt(r) for r in rows])
+  table = markdown_table(header, rows)
   print(table)
   if not args.no_record:
-    command = 'python experiments/benchmark_input.py ' + ' '.join(sys.argv[1:])
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
-                            text=True).stdout.strip()
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'BENCHMARKS.md'),
-              'a') as f:
-      f.write(f'\n## Input pipeline, {datetime.date.today()} (commit {commit})\n\n'
-              f'`{command.strip()}` on {machine()}; batches of {BATCH} {CROP}x{CROP} crops '
-              f'from 256x256 JPEG records (quality 90), median of {args.repeats} runs of '
-              f'{args.batches} batches.\n\n{table}\n')
-
+    record('Input pipeline', 'benchmark_input.py',
+           f'batches of {BATCH} {CROP}x{CROP} crops from 256x256 JPEG records (quality 90), '
+           f'median of {args.repeats} runs of {args.batches} batches.', table)
 
 if __name__ == '__main__':
   main()
