@@ -4,14 +4,14 @@ Each function computes what its plain `jax.lax` form does; two differ only in ho
 gradient is computed, which changes it at most in the summation order (measured in
 experiments/BENCHMARKS.md, "Where the time goes"; checked in tests/test_ops.py):
 
-- `conv`: on CPU, for large layers, the kernel gradient is an explicit im2col matrix
-  product. XLA:CPU lowers the backward-filter convolution (a convolution whose "kernel" is
+- `conv`: on CPU, for large layers, the kernel gradient is one explicit matrix product
+  (`kernel_grad_im2col`). XLA:CPU lowers the backward-filter convolution (a convolution whose "kernel" is
   the whole 27x27 or 55x55 output gradient) to a path that runs 1.5-2x slower than the same
   arithmetic as matmuls. Other backends keep XLA's own gradient (cuDNN's backward-filter
   kernels are fast).
 - `max_pool`: for large inputs, the gradient goes to the first maximum of each window, in
   window order, as XLA's select-and-scatter sends it, but computed from strided slices,
-  comparisons and interior padding: elementwise work that fuses, 3-4x faster than
+  comparisons, shifts and one interleave: elementwise work that fuses, 5-7x faster than
   select-and-scatter on CPU, and without its scatter on GPU.
 
 Both switch by size (below): on small layers the extra ops cost more than they save.
@@ -31,7 +31,7 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 # more than they save (the embedded default's layers, 0.1-0.3 GFLOP: 7% slower steps).
 IM2COL_MIN_FLOPS = 1e9
 # Likewise the max-pool gradient by masks pays from about this many input elements up (the
-# paper's pool1 and pool2 at batch 32: 3-5M, 3-4x faster); below it XLA's select-and-scatter
+# paper's pool1 and pool2 at batch 32: 3-5M, 5-7x faster); below it XLA's select-and-scatter
 # is as fast and compiles sooner (2 s less for the embedded default's train step).
 MASKED_POOL_MIN_SIZE = 1_000_000
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -97,24 +97,34 @@ conv.defvjp(_conv_fwd, _conv_bwd)
 
 def kernel_grad_im2col(x: jax.Array, dy: jax.Array, *, size: int, stride: int,
                        padding: Padding, dtype) -> jax.Array:
-  """d(loss)/d(kernel) (size, size, C, O) of `conv` as matmuls, one per kernel row.
+  """d(loss)/d(kernel) (size, size, C, O) of `conv` as one matrix product.
 
-  Row i's patches (B*H*W, size*C) hold the input under taps (i, 0..size-1) of every output
-  position; their transpose times dy (B*H*W, O) sums over the batch and positions. One row
-  at a time keeps the patches to 1/size of a full im2col buffer.
+  A stride-s convolution is a stride-1 one over the input's s x s blocks (space to depth,
+  s*s*C channels) with a k x k kernel of blocks, k = ceil(size / s). Its kernel gradient
+  pairs the input under tap (a, d) with the output gradient, summed over the batch and the
+  output positions. Rather than copying the input k*k times (im2col), the input is shifted
+  along W (k copies: taps d) and the output gradient along H (k copies: taps a), so that
+  one (B*Hq*W', k*s*s*C)^T x (B*Hq*W', k*O) product gives every tap at once. The padding
+  rows this adds cost 10-15% more FLOPs than im2col; the copies it saves cost more.
   """
-  (top, bottom), (left, right) = padding
-  x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  (top, _), (left, _) = padding
+  b, h, w, c = x.shape
   _, out_h, out_w, out = dy.shape
-  dy = dy.reshape(-1, out)
-  rows = []
-  for i in range(size):
-    patches = jnp.concatenate(
-        [_strided_window(x, i, j, stride, out_h, out_w) for j in range(size)], axis=-1)
-    grad = jnp.matmul(patches.reshape(-1, patches.shape[-1]).T, dy,
-                      preferred_element_type=jnp.float32)
-    rows.append(grad.reshape(size, x.shape[-1], out))
-  return jnp.stack(rows).astype(dtype)
+  s, k = stride, -(-size // stride)
+  hq, wq = out_h + k - 1, out_w + k - 1  # Block rows and columns that some output reads.
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, hq * s - h - top, 0),
+                                              (left, wq * s - w - left, 0), (0, 0, 0)))
+  if s > 1:
+    x = x.reshape(b, hq, s, wq, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hq, wq, s * s * c)
+  # patches[:, r, q, d] = block (r, q + d); shifted[:, r, q, a] = dy[:, r - a, q] (0 outside).
+  patches = jnp.concatenate([x[:, :, d:d + out_w] for d in range(k)], axis=-1)
+  dy = jnp.pad(dy, ((0, 0), (k - 1, k - 1), (0, 0), (0, 0)))
+  shifted = jnp.concatenate([dy[:, k - 1 - a:k - 1 - a + hq] for a in range(k)], axis=-1)
+  grad = jnp.matmul(patches.reshape(-1, patches.shape[-1]).T,
+                    shifted.reshape(-1, shifted.shape[-1]), preferred_element_type=jnp.float32)
+  # (d, row in block, column in block, C, a, O) -> kernel (a*s + row, d*s + column, C, O).
+  grad = grad.reshape(k, s, s, c, k, out).transpose(4, 1, 0, 2, 3, 5).reshape(k * s, k * s, c, out)
+  return grad[:size, :size].astype(dtype)
 
 
 # ---- Max pooling ------------------------------------------------------------------------------
@@ -144,21 +154,35 @@ def _max_pool_fwd(x, window, stride):
 
 def _max_pool_bwd(window, stride, residuals, dy):
   x, y = residuals
+  b, h, w, c = x.shape
   _, out_h, out_w, _ = y.shape
-  taken = jnp.zeros(y.shape, bool)  # Windows whose maximum has received its gradient.
-  dx = jnp.zeros_like(x)
   zero = jnp.zeros((), x.dtype)
+  # Each window's gradient goes to its first maximum, in window order: routed[i, j] is the
+  # gradient (in output positions) that tap (i, j) receives.
+  taken = jnp.zeros(y.shape, bool)
+  routed = {}
   for i in range(window):
     for j in range(window):
       first = (_strided_window(x, i, j, stride, out_h, out_w) == y) & ~taken
       taken = taken | first
-      # Spread the (out_h, out_w) gradients back onto tap (i, j)'s input positions.
-      placed = ((0, 0, 0),
-                (i, x.shape[1] - i - stride * (out_h - 1) - 1, stride - 1),
-                (j, x.shape[2] - j - stride * (out_w - 1) - 1, stride - 1),
-                (0, 0, 0))
-      dx = dx + jax.lax.pad(jnp.where(first, dy, zero), zero, placed)
-  return (dx,)
+      routed[i, j] = jnp.where(first, dy, zero)
+  # Input row stride*q + p is tap p + stride*m of output row q - m. So each of the stride^2
+  # phases (p_h, p_w) of dx is a sum of a few shifted output-sized arrays, and dx is those
+  # planes interleaved: small fused sums instead of window^2 full-size padded terms.
+  qh, qw = -(-h // stride), -(-w // stride)
+
+  def shifted(g, m_h, m_w):  # g[q_h - m_h, q_w - m_w] on the (qh, qw) grid, zero outside.
+    return jax.lax.pad(g, zero, ((0, 0, 0), (m_h, qh - out_h - m_h, 0),
+                                 (m_w, qw - out_w - m_w, 0), (0, 0, 0)))
+
+  def plane(p_h, p_w):
+    terms = [shifted(routed[i, j], (i - p_h) // stride, (j - p_w) // stride)
+             for i in range(p_h, window, stride) for j in range(p_w, window, stride)]
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros((b, qh, qw, c), x.dtype)
+
+  dx = jnp.stack([jnp.stack([plane(p_h, p_w) for p_w in range(stride)], axis=3)
+                  for p_h in range(stride)], axis=2)  # (b, qh, p_h, qw, p_w, c)
+  return (dx.reshape(b, qh * stride, qw * stride, c)[:, :h, :w],)
 
 
 _masked_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

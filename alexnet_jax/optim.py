@@ -108,6 +108,14 @@ def create(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
           new_layers=tuple(optim.new_layers))
 
 
+def momentum_buffer(opt_state):
+  """v of `create`'s state: its chain ends in the momentum trace, so v is also the update."""
+  trace = opt_state.inner_state[-1]
+  if not isinstance(trace, optax.TraceState):
+    raise TypeError(f'optim.momentum_buffer: expected the state of optim.create, got {trace!r}')
+  return trace.trace
+
+
 def learning_rate(opt_state) -> jax.Array:
   return opt_state.hyperparams['learning_rate']
 

@@ -48,7 +48,7 @@ def test_conv_kernel_gradient_in_bfloat16_keeps_the_kernels_dtype(monkeypatch):
   assert float(grad[1, 1, 0, 0]) == 72 and float(grad[0, 0, 0, 0]) == 50
 
 
-@pytest.mark.parametrize('window,stride', [(3, 2), (2, 2), (3, 1)])
+@pytest.mark.parametrize('window,stride', [(3, 2), (2, 2), (3, 1), (2, 3)])
 def test_max_pool_gradient_goes_where_xlas_goes_ties_included(window, stride, monkeypatch):
   monkeypatch.setattr(ops, 'MASKED_POOL_MIN_SIZE', 0)  # The masked gradient at any size.
   rng = np.random.default_rng(window * 10 + stride)

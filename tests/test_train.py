@@ -47,6 +47,8 @@ def test_update_rule_matches_the_paper_across_a_learning_rate_drop(bias_lr_multi
     state = optim.set_lr(state, lr)
     grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
     updates, state = tx.update(grads, state, params)
+    # The train step adds the momentum buffer itself (in place): it must be the update.
+    jax.tree.map(np.testing.assert_array_equal, optim.momentum_buffer(state), updates)
     params = optax.apply_updates(params, updates)
     for k in ('kernel', 'bias'):
       is_bias = k == 'bias'
