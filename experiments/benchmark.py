@@ -288,6 +288,8 @@ def main():
   if formats:
     threads = next(r['threads'] for (_, f), r in results.items() if f == 'torch')
     notes.append(f'PyTorch {threads} threads, faster memory format: {", ".join(formats)}')
+  # Workers inherit the environment: `python -m alexnet_jax.main` sets glibc.malloc.hugetlb=1.
+  notes.append(f'GLIBC_TUNABLES {os.environ.get("GLIBC_TUNABLES", "unset")} for both')
   print(text)
   print('; '.join(notes))
   if not args.no_record:

@@ -1,5 +1,6 @@
 """The README's first command, as a user runs it."""
 import json
+import os
 import subprocess
 import sys
 
@@ -25,3 +26,16 @@ def test_main_reports_a_bad_config_in_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       "error: model.activation: must be 'relu' or 'tanh', got 'gelu'")
   assert 'Traceback' not in result.stderr
+
+
+def test_main_restarts_itself_with_huge_pages_unless_told_otherwise():
+  """The command re-execs itself with the same arguments and glibc.malloc.hugetlb=1, once;
+  a GLIBC_TUNABLES the user set is left alone."""
+  probe = ('import os, sys; from alexnet_jax import main; '
+           'os.execve = lambda exe, argv, env: print(argv[1:], env["GLIBC_TUNABLES"]); '
+           'main.reexec_with_huge_pages(); print("no re-exec")')
+  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  run = lambda env: subprocess.run([sys.executable, '-c', probe, '--flag'], env=env,
+                                   capture_output=True, text=True, timeout=120).stdout
+  assert run(env).splitlines()[0] == f"{['-c', probe, '--flag']} glibc.malloc.hugetlb=1"
+  assert run({**env, 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}).strip() == 'no re-exec'
