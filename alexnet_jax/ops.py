@@ -2,12 +2,13 @@
 
 Each function computes what its plain `jax.lax` form does; two differ only in how their
 gradient is computed, which changes it at most in the summation order (measured in
-experiments/BENCHMARKS.md, "Where the time goes"; checked in tests/test_ops.py):
+experiments/BENCHMARKS.md, "Where the time goes" and "Second pass"; checked in
+tests/test_ops.py):
 
 - `conv`: on CPU, for large layers, the kernel gradient is one explicit matrix product
-  (`kernel_grad_im2col`). XLA:CPU lowers the backward-filter convolution (a convolution whose "kernel" is
-  the whole 27x27 or 55x55 output gradient) to a path that runs 1.5-2x slower than the same
-  arithmetic as matmuls. Other backends keep XLA's own gradient (cuDNN's backward-filter
+  (`kernel_grad_im2col`). XLA:CPU lowers the backward-filter convolution (a convolution
+  whose "kernel" is the whole 27x27 or 55x55 output gradient) to a path that runs 1.5-2x
+  slower than the same arithmetic as matmuls. Other backends keep XLA's own gradient (cuDNN's backward-filter
   kernels are fast).
 - `max_pool`: for large inputs, the gradient goes to the first maximum of each window, in
   window order, as XLA's select-and-scatter sends it, but computed from strided slices,
@@ -123,8 +124,8 @@ def kernel_grad_im2col(x: jax.Array, dy: jax.Array, *, size: int, stride: int,
   grad = jnp.matmul(patches.reshape(-1, patches.shape[-1]).T,
                     shifted.reshape(-1, shifted.shape[-1]), preferred_element_type=jnp.float32)
   # (d, row in block, column in block, C, a, O) -> kernel (a*s + row, d*s + column, C, O).
-  grad = grad.reshape(k, s, s, c, k, out).transpose(4, 1, 0, 2, 3, 5).reshape(k * s, k * s, c, out)
-  return grad[:size, :size].astype(dtype)
+  grad = grad.reshape(k, s, s, c, k, out).transpose(4, 1, 0, 2, 3, 5)
+  return grad.reshape(k * s, k * s, c, out)[:size, :size].astype(dtype)
 
 
 # ---- Max pooling ------------------------------------------------------------------------------
