@@ -8,8 +8,8 @@ tests/test_ops.py):
 - `conv`: on CPU, for large layers, the kernel gradient is one explicit matrix product
   (`kernel_grad_im2col`). XLA:CPU lowers the backward-filter convolution (a convolution
   whose "kernel" is the whole 27x27 or 55x55 output gradient) to a path that runs 1.5-2x
-  slower than the same arithmetic as matmuls. Other backends keep XLA's own gradient (cuDNN's backward-filter
-  kernels are fast).
+  slower than the same arithmetic as matmuls. Other backends keep XLA's own gradient
+  (cuDNN's backward-filter kernels are fast).
 - `max_pool`: for large inputs, the gradient goes to the first maximum of each window, in
   window order, as XLA's select-and-scatter sends it, but computed from strided slices,
   comparisons, shifts and one interleave: elementwise work that fuses, 5-7x faster than
