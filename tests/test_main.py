@@ -31,7 +31,7 @@ def test_main_reports_a_bad_config_in_one_line(tmp_path):
 def test_main_restarts_itself_with_huge_pages_unless_told_otherwise():
   """The command re-execs itself with the same arguments and glibc.malloc.hugetlb=1, once;
   a GLIBC_TUNABLES the user set is left alone."""
-  probe = ('import os, sys; from alexnet_jax import main; '
+  probe = ('import os; from alexnet_jax import main; '
            'os.execve = lambda exe, argv, env: print(argv[1:], env["GLIBC_TUNABLES"]); '
            'main.reexec_with_huge_pages(); print("no re-exec")')
   env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
