@@ -15,23 +15,55 @@ them.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import re
+import sys
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from alexnet_jax import distributed
+from alexnet_jax import optim
+from alexnet_jax import sharding
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written (one line)."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What a checkpoint holds besides its JSON part, and what the train step carries."""
+  step: jax.Array
+  params: Any  # nnx.State of the model's nnx.Param variables.
+  opt_state: Any
+
+
+def abstract_train_state(net, optim_config, mesh) -> TrainState:
+  """The shapes, dtypes and shardings of the train state of `net` under the optimizer of
+  `optim_config`, for restoring a checkpoint into: nothing is allocated."""
+  _, params = nnx.split(net, nnx.Param)
+  params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding),
+                        params)
+  with jax.set_mesh(mesh):
+    opt_state = jax.eval_shape(optim.create(optim_config).init, params)
+
+  def on_mesh(s):  # eval_shape's shardings name an abstract mesh (or none): make them real.
+    spec = s.sharding.spec if s.sharding is not None else sharding.REPLICATED
+    return jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.named(mesh, spec))
+
+  step = jax.ShapeDtypeStruct((), np.int32, sharding=sharding.named(mesh, sharding.REPLICATED))
+  return TrainState(step=step, params=params, opt_state=jax.tree.map(on_mesh, opt_state))
 
 
 def checksum(tree) -> str:
@@ -51,6 +83,25 @@ def _all_finite(tree):
 
 def all_finite(tree) -> bool:
   return bool(_all_finite(tree))  # A replicated scalar: readable on every process.
+
+
+# A test-only hook (tests/test_main.py): with ALEXNET_JAX_TEST_HOLD_SAVE=N in the environment,
+# the save of step N writes every file but never commits (renames) its folder: it says so in
+# a line on stderr and waits there, so that a kill lands inside the save, every time.
+HOLD_SAVE_ENV = 'ALEXNET_JAX_TEST_HOLD_SAVE'
+
+
+class _HeldSave(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """orbax's atomic rename, except for the step that HOLD_SAVE_ENV names."""
+
+  async def finalize(self, *args, **kwargs):
+    step = self.get_final().name
+    if step == os.environ.get(HOLD_SAVE_ENV):
+      sys.stderr.write(f'checkpoint: holding the save of step {step} before its commit '
+                       f'({HOLD_SAVE_ENV})\n')
+      sys.stderr.flush()
+      await asyncio.Event().wait()  # Until the process is killed.
+    return await super().finalize(*args, **kwargs)
 
 
 def _reason(e: BaseException) -> str:
@@ -79,7 +130,10 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=not read_only,
-                                           read_only=read_only, create=not read_only)
+                                           read_only=read_only, create=not read_only,
+                                           temporary_path_class=(
+                                               _HeldSave if HOLD_SAVE_ENV in os.environ
+                                               else None))
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._saving = None  # The step of the save in flight.
 
@@ -97,7 +151,13 @@ class Checkpoints:
                       force=True)
 
   def steps(self) -> list[int]:
+    """The committed checkpoints' steps."""
     return sorted(self.manager.all_steps())
+
+  def unfinished(self) -> list[str]:
+    """The folders of saves that never committed (a run killed while saving); the next run
+    that writes here removes them."""
+    return sorted(p.get().name for p in ocp.utils.tmp_checkpoints(self.directory))
 
   def restore_latest(self, abstract_state):
     """(state, meta) of the newest checkpoint that reads and checks out, or None.

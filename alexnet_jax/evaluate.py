@@ -24,10 +24,10 @@ import numpy as np
 import tqdm
 
 from alexnet_jax import datasets
+from alexnet_jax import evaluation
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import sharding
-from alexnet_jax import train
 
 CENTER = 4  # ten_views' index of the center crop.
 PAPER_ROWS = {  # paper.md s5: ILSVRC-2012 validation, 10 views, (top-1, top-5) %.
@@ -42,7 +42,7 @@ def _error_counts(model_views, labels, mask):
   views = sum(model_views) / len(model_views)  # (B, 10, classes)
   counts = []
   for probs in (views[:, CENTER], views.mean(1)):
-    sums = train.error_sums(probs, labels, mask, probs.shape[-1])
+    sums = evaluation.error_sums(probs, labels, mask, probs.shape[-1])
     counts.append(jnp.stack([sums['top1_error'], sums['top5_error'], sums['count']]))
   return jnp.stack(counts)
 
@@ -59,8 +59,9 @@ def evaluate(models: list[inference.Trained], *, split: str | None = None,
   config = first.config
   split = split or config.data.eval_split
   mesh = first.net.mesh
-  batch_size = batch_size or config.batch_size
-  batch_size -= batch_size % sharding.data_size(mesh)
+  data_parallel = sharding.data_size(mesh)
+  # Rounded up to a multiple of the data-parallel size: every device gets whole rows.
+  batch_size = -(-(batch_size or config.batch_size) // data_parallel) * data_parallel
   source, _ = datasets.open_source(config.data, split)
   rows = sharding.process_batch_rows(mesh, batch_size)
   dataset = input_pipeline.eval_dataset(source, global_batch=batch_size, crop=None,

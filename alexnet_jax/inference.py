@@ -27,9 +27,9 @@ from ml_collections import config_flags
 
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import datasets
+from alexnet_jax import evaluation
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
-from alexnet_jax import optim
 from alexnet_jax import sharding
 from alexnet_jax import weights as weights_lib
 
@@ -51,10 +51,15 @@ class Trained:
     return self.config.model.image_size
 
   def class_names(self) -> tuple[str, ...]:
-    """Human-readable names: ImageNet's for the 1000 WordNet ids, else the class names."""
-    if len(self.classes) == 1000 and all(re.fullmatch(r'n\d{8}', c) for c in self.classes):
-      return imagenet_names()
-    return self.classes
+    return class_names(self.classes)
+
+
+def class_names(classes: tuple[str, ...]) -> tuple[str, ...]:
+  """Human-readable names: ImageNet's for its 1000 WordNet ids, else the classes as they are
+  (an image folder's folder names)."""
+  if len(classes) == 1000 and all(re.fullmatch(r'n\d{8}', c) for c in classes):
+    return imagenet_names()
+  return tuple(classes)
 
 
 @functools.cache
@@ -67,22 +72,6 @@ def imagenet_names() -> tuple[str, ...]:
 
 def config_from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
-
-
-def abstract_train_state(net: model_lib.AlexNet, config, mesh):
-  """The shapes and shardings of a run's train state, for restoring a checkpoint into."""
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top  # train imports us.
-  _, params = nnx.split(net, nnx.Param)
-  with jax.set_mesh(mesh):  # Shapes only: no optimizer buffers are allocated.
-    opt_state = jax.eval_shape(optim.create(config.optim).init, params)
-  def on_mesh(s):  # eval_shape's shardings name an abstract mesh (or none): make them real.
-    spec = s.sharding.spec if s.sharding is not None else sharding.REPLICATED
-    return jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.named(mesh, spec))
-
-  opt_state = jax.tree.map(on_mesh, opt_state)
-  step = jax.ShapeDtypeStruct((), np.int32,
-                              sharding=sharding.named(mesh, sharding.REPLICATED))
-  return train.TrainState(step=step, params=params, opt_state=opt_state)
 
 
 def _normalization(config, workdir: str | None) -> tuple[np.ndarray, float]:
@@ -141,7 +130,8 @@ def load(reference: str, *, config: ml_collections.ConfigDict | None = None, mes
         run_config = config_from_json(meta['config'])
         mesh = mesh or sharding.make_mesh(run_config.model.towers)
         net = model_lib.create_model(run_config.model, mesh=mesh, seed=seed)
-        state, meta = ckpts.restore(s, abstract_train_state(net, run_config, mesh))
+        state, meta = ckpts.restore(s, checkpoint_lib.abstract_train_state(
+            net, run_config.optim, mesh))
         break
       except checkpoint_lib.CheckpointError as e:
         if i == len(steps) - 1:
@@ -168,10 +158,10 @@ def _data_classes(config) -> tuple[str, ...]:
 def probabilities_fn(trained: Trained, views: int, *, average: bool = True):
   """A jitted (uint8 images) -> class probabilities, averaged over `views` (1: the images
   are center crops; 10: whole images), or per view (B, views, classes)."""
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   graphdef, params = nnx.split(trained.net, nnx.Param)
   mean = jax.device_put(trained.mean, sharding.named(trained.net.mesh, sharding.REPLICATED))
-  probabilities = train.view_probabilities if average else train.per_view_probabilities
+  probabilities = (evaluation.view_probabilities if average else
+                   evaluation.per_view_probabilities)
 
   @jax.jit
   def fn(params, images_u8, mean):

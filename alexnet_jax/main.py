@@ -7,8 +7,10 @@ several processes, starts `jax.distributed` (see `alexnet_jax.distributed`): e.g
   --config.distributed.coordinator_address=host0:1234 --config.distributed.num_processes=2
   --config.distributed.process_id=0
 """
+import faulthandler
 import logging
 import os
+import signal
 import sys
 
 from absl import app
@@ -39,11 +41,15 @@ def reexec_with_huge_pages() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # `kill -USR1 PID` prints where every thread of a run that seems stuck is, and the run goes
+  # on. Written by the signal handler itself, so it works while Python waits inside XLA.
+  faulthandler.register(signal.SIGUSR1, all_threads=True)
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s',
                       stream=sys.stderr)
   f = flags.FLAGS
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax import distributed  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(f.config.distributed)  # Before anything touches a device.
@@ -56,7 +62,7 @@ def main(argv):
     sys.stderr.write(f'error: {e}\n')
     sys.stderr.flush()
     os._exit(1)  # pylint: disable=protected-access
-  except (ValueError, train.TrainingError) as e:
+  except (ValueError, train.TrainingError, input_pipeline.InputError) as e:
     raise SystemExit(f'error: {e}') from None  # One line naming the field or problem.
 
 

@@ -260,10 +260,15 @@ def adaptive_avg_pool(x: jax.Array, out: int) -> jax.Array:
 # ---- The tower-parallel forward pass (runs inside shard_map) ---------------------------------
 
 
-def _concat_towers(hs: list[jax.Array], *, replicated: bool = False) -> jax.Array:
-  """Local towers' activations -> every tower's, concatenated tower-major on channels."""
-  everyone = sharding.gather_towers(jnp.stack(hs), replicated=replicated)  # (towers, B, ..., C)
-  return jnp.concatenate(list(everyone), axis=-1)
+def _concat_towers(hs: list[jax.Array], reader: str, *, replicated: bool = False) -> jax.Array:
+  """Local towers' activations -> every tower's, concatenated tower-major on channels.
+
+  The gather is named `<reader>_input` (in profiles and in the compiled program's metadata),
+  after the layer that reads both towers: the paper's conv3, fc6, fc7 and fc8.
+  """
+  with jax.named_scope(f'{reader}_input'):
+    everyone = sharding.gather_towers(jnp.stack(hs), replicated=replicated)  # (towers, B, ..., C)
+    return jnp.concatenate(list(everyone), axis=-1)
 
 
 # Points of the forward pass that `AlexNet.features` can return: conv and fc outputs after
@@ -284,7 +289,7 @@ def forward_towers(spec: ModelSpec, params: dict[str, tuple[jax.Array, jax.Array
   """
   for name, h in _tower_stages(spec, params, images, masks, train=train):
     if name == stop_at:
-      return h if name == 'logits' else _concat_towers(h, replicated=True)
+      return h if name == 'logits' else _concat_towers(h, 'features', replicated=True)
   raise ValueError(f'features: unknown point {stop_at!r}; choose one of {FEATURES}')
 
 
@@ -300,14 +305,14 @@ def _tower_stages(spec, params, images, masks, *, train):
     kernel, bias = params[layer]
     return kernel.astype(dtype), bias.astype(dtype)
 
-  def lrn(hs):
+  def lrn(layer, hs):
     norm = functools.partial(ops.local_response_norm, size=spec.lrn_size, alpha=spec.lrn_alpha,
                              beta=spec.lrn_beta, k=spec.lrn_k,
                              alpha_over_n=spec.lrn_alpha_over_n)
     if not spec.lrn_across_towers:
       return [norm(h) for h in hs]
     # Caffe normalizes across all channels: the window straddles the towers' boundary.
-    full = norm(_concat_towers(hs))
+    full = norm(_concat_towers(hs, layer))
     per_tower = full.reshape(full.shape[:-1] + (spec.towers, -1))
     mine = jax.lax.dynamic_slice_in_dim(per_tower, sharding.tower_index(local), local, axis=-2)
     return [mine[..., t, :] for t in range(local)]
@@ -340,23 +345,23 @@ def _tower_stages(spec, params, images, masks, *, train):
   def tower_inputs(layer, hs):
     """The input of each local tower's `layer`: its own, or all towers' (a cross link)."""
     if spec.reads_all_towers(layer):
-      return [_concat_towers(hs)] * local
+      return [_concat_towers(hs, layer)] * local
     return hs
 
   # conv1: every tower sees the whole image.
   lo, hi = spec.conv1_pads
   h = conv_layer('conv1', [x] * local, stride=spec.conv1_stride, padding=((lo, hi), (lo, hi)))
   if spec.lrn and spec.lrn1_before_relu:
-    h = [act(a) for a in lrn(h)]  # The code: LRN on conv1's pre-activations (s2.3).
+    h = [act(a) for a in lrn('lrn1', h)]  # The code: LRN on conv1's pre-activations (s2.3).
   else:
     h = [act(a) for a in h]
   yield 'conv1', h
-  h = lrn(h) if spec.lrn and not spec.lrn1_before_relu else h
+  h = lrn('lrn1', h) if spec.lrn and not spec.lrn1_before_relu else h
   h = pool(h)
 
   h = [act(a) for a in conv_layer('conv2', h)]
   yield 'conv2', h
-  h = lrn(h) if spec.lrn else h
+  h = lrn('lrn2', h) if spec.lrn else h
   h = [within_map_norm(a) for a in h] if spec.extra_norm2 else h
   h = pool(h)
 
@@ -383,7 +388,7 @@ def _tower_stages(spec, params, images, masks, *, train):
       h = dropout('fc7', h)
 
   # fc8 reads every tower; split over the towers (paper) or a single layer (the code).
-  features = _concat_towers(h, replicated=spec.stacks('fc8') == 1)
+  features = _concat_towers(h, 'fc8', replicated=spec.stacks('fc8') == 1)
   logits = dense_layer('fc8', [features] * params['fc8'][0].shape[0])
   yield 'logits', jnp.concatenate(logits, axis=-1).astype(jnp.float32)
 

@@ -18,7 +18,6 @@ import signal
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,6 +26,7 @@ from flax import nnx
 
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import distributed
+from alexnet_jax import evaluation
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
@@ -42,36 +42,25 @@ class TrainingError(RuntimeError):
   """The run cannot go on (one line)."""
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any  # nnx.State of the model's nnx.Param variables.
-  opt_state: Any
-
-
-# ---- Loss and errors --------------------------------------------------------------------------
-
-
-def loss_and_errors(logits, labels, num_classes: int):
-  """Per-example cross-entropy, top-1 and top-5 errors (0/1).
-
-  Written with elementwise ops and reductions only, so it runs on logits whose class axis is
-  split over the towers (the paper's fc8) without gathering them.
-  """
-  one_hot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-  loss = -jnp.sum(jax.nn.log_softmax(logits) * one_hot, axis=-1)
-  true_logit = jnp.sum(logits * one_hot, axis=-1, keepdims=True)
-  rank = jnp.sum(logits > true_logit, axis=-1)  # Classes scored above the true one.
-  return loss, (rank >= 1).astype(jnp.float32), (rank >= 5).astype(jnp.float32)
-
-
 # ---- Steps ------------------------------------------------------------------------------------
+
+
+def init_state(net: model_lib.AlexNet, optim_config: ml_collections.ConfigDict):
+  """(graphdef, step-0 TrainState, optimizer) of a fresh run of `net`: its parameters, the
+  optimizer's buffers placed as the parameters are, and step 0."""
+  graphdef, params = nnx.split(net, nnx.Param)
+  tx = optim.create(optim_config)
+  with jax.set_mesh(net.mesh):  # Jitted, the buffers take the params' shardings.
+    opt_state = jax.jit(tx.init)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32),
+                          sharding.named(net.mesh, sharding.REPLICATED))
+  return graphdef, checkpoint_lib.TrainState(step=step, params=params, opt_state=opt_state), tx
 
 
 def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float):
   """The pure train step, jitted once with the state donated."""
 
-  def step_fn(state: TrainState, batch, mean):
+  def step_fn(state: checkpoint_lib.TrainState, batch, mean):
     dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
     images = batch['image']
     if images.dtype == jnp.uint8:  # Otherwise the workers normalized already.
@@ -80,7 +69,7 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float)
 
     def loss_fn(params):
       logits = nnx.merge(graphdef, params)(images, train=True, dropout_key=dropout_key)
-      loss, top1, top5 = loss_and_errors(logits, batch['label'], num_classes)
+      loss, top1, top5 = evaluation.loss_and_errors(logits, batch['label'], num_classes)
       return loss.mean(), (top1.mean(), top5.mean())
 
     (loss, (top1, top5)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -103,74 +92,14 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float)
     # from the old one: then XLA updates the momentum and then the weights in place, instead
     # of first copying the old fc6/fc7 weights and momentum (0.4 GB a step) to read both.
     params = jax.tree.map(jnp.add, state.params, optim.momentum_buffer(opt_state))
-    new_state = TrainState(step=state.step + 1,
-                           params=jax.tree.map(guard, params, state.params),
-                           opt_state=opt_state)
+    new_state = checkpoint_lib.TrainState(step=state.step + 1,
+                                          params=jax.tree.map(guard, params, state.params),
+                                          opt_state=opt_state)
     metrics = {'loss': loss, 'top1_error': top1, 'top5_error': top5,
                'finite': finite.astype(jnp.float32)}
     return new_state, metrics
 
   return jax.jit(step_fn, donate_argnums=0)
-
-
-def per_view_probabilities(net, images_u8, mean, *, divide: float, crop: int, views: int):
-  """(B, views, classes) softmax of 1 view (`images_u8` are center crops) or of the paper's
-  10 views (`images_u8` are whole images: 4 corners, center, and their reflections)."""
-  if views == 10:
-    images_u8 = input_pipeline.ten_views(images_u8, crop)  # (B, 10, c, c, 3)
-    images_u8 = images_u8.reshape((-1,) + images_u8.shape[2:])
-  no_lighting = jnp.zeros((images_u8.shape[0], 3), jnp.float32)
-  probs = jax.nn.softmax(net(input_pipeline.normalize(images_u8, no_lighting, mean, divide)))
-  return probs.reshape((-1, views, probs.shape[-1]))
-
-
-def view_probabilities(net, images_u8, mean, *, divide: float, crop: int, views: int):
-  """The softmax averaged over the views (paper s4)."""
-  return per_view_probabilities(net, images_u8, mean, divide=divide, crop=crop,
-                                views=views).mean(1)
-
-
-def error_sums(probs, labels, mask, num_classes: int) -> dict[str, jax.Array]:
-  """Sums over the valid examples of the loss and top-1/top-5 errors of `probs`."""
-  loss, top1, top5 = loss_and_errors(jnp.log(probs + 1e-12), labels, num_classes)
-  mask = mask.astype(jnp.float32)
-  return {'loss': jnp.sum(loss * mask), 'top1_error': jnp.sum(top1 * mask),
-          'top5_error': jnp.sum(top5 * mask), 'count': jnp.sum(mask)}
-
-
-def make_eval_step(graphdef, *, num_classes: int, divide: float, crop: int, views: int):
-  """Sums of loss and errors over the valid examples of one batch, with 1 or 10 views."""
-
-  @jax.jit
-  def eval_fn(params, batch, mean):
-    probs = view_probabilities(nnx.merge(graphdef, params), batch['image'], mean,
-                               divide=divide, crop=crop, views=views)
-    return error_sums(probs, batch['label'], batch['mask'], num_classes)
-
-  return eval_fn
-
-
-def input_failure(e: Exception, when: str) -> TrainingError:
-  """What the main process reports when the input pipeline (or one of its workers) fails."""
-  reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-  return TrainingError(f'data: the input pipeline failed {when}: {reason}')
-
-
-def evaluate(eval_fn, params, dataset, mesh, mean, global_batch: int) -> dict[str, float]:
-  totals = None
-  batches = input_pipeline.global_batches(dataset, mesh, global_batch)
-  while True:
-    try:
-      batch = next(batches)
-    except StopIteration:
-      break
-    except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
-      raise input_failure(e, 'during evaluation') from e
-    out = eval_fn(params, batch, mean)
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
-  count = float(totals.pop('count'))
-  return {k: float(v) / count for k, v in totals.items()}
 
 
 # ---- Config ----------------------------------------------------------------------------------
@@ -251,6 +180,40 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
   optim.create(config.optim)
 
 
+# The fields a checkpoint's train state depends on: the net, and the optimizer options that
+# add parts to the optimizer's state.
+RESUME_FIELDS = ('model.', 'optim.bias_lr_multiplier', 'optim.bias_weight_decay',
+                 'optim.pretrained_lr_multiplier', 'optim.new_layers')
+
+
+def _flat(tree: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def check_resumable(config: ml_collections.ConfigDict, checkpoints) -> None:
+  """Fails in one line, touching nothing, when the newest checkpoint was written by another
+  net or optimizer than `config` describes (its JSON part holds the run's config)."""
+  steps = checkpoints.steps()
+  if not steps:
+    return
+  try:
+    saved = _flat(json.loads(checkpoints.read_meta(steps[-1])['config']))
+  except (checkpoint_lib.CheckpointError, KeyError, ValueError):
+    return  # Damaged: restore_latest reports it and falls back.
+  ours = _flat(json.loads(config.to_json()))
+  for name in sorted(ours):
+    if name.startswith(RESUME_FIELDS) and saved.get(name) != ours[name]:
+      raise ValueError(f'{name}: {ours[name]!r}, but the checkpoints in '
+                       f'{checkpoints.directory} were written with {saved.get(name)!r}; '
+                       'resume with the same setting, or use another --workdir')
+
+
 # ---- The loop ---------------------------------------------------------------------------------
 
 
@@ -303,12 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f'{net.spec.variant} net on mesh {dict(mesh.shape)} ({jax.device_count()} '
           f'{jax.devices()[0].platform} devices, {jax.process_count()} processes):\n'
           f'{model_lib.summary(net)}', flush=True)
-  graphdef, params = nnx.split(net, nnx.Param)
-  tx = optim.create(config.optim)
-  with jax.set_mesh(mesh):  # Jitted, the buffers take the params' shardings.
-    opt_state = jax.jit(tx.init)(params)
-    step0 = jax.device_put(jnp.zeros((), jnp.int32), sharding.named(mesh, sharding.REPLICATED))
-  state = TrainState(step=step0, params=params, opt_state=opt_state)
+  graphdef, state, tx = init_state(net, config.optim)
+  params = state.params
   plateau = optim.Plateau(config.optim.base_lr, config.optim.plateau_patience,
                           config.optim.plateau_threshold, config.optim.plateau_factor,
                           config.optim.max_drops)
@@ -318,6 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                            keep=config.checkpoint_keep)
   history_path = os.path.join(workdir, 'metrics.jsonl')
+  check_resumable(config, checkpoints)
   restored = checkpoints.restore_latest(state)
   if restored is None and checkpoints.steps():
     raise TrainingError(f'checkpoint: none of the checkpoints in {checkpoints.directory} '
@@ -325,9 +285,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         '--workdir or move them aside')
   if restored is not None:
     state, meta = restored
-    if meta['num_classes'] != config.model.num_classes:
-      raise ValueError(f'model.num_classes: {config.model.num_classes}, but the checkpoint '
-                       f'in {checkpoints.directory} has {meta["num_classes"]}')
     data.train.set_state(meta['data'])
     plateau.restore(meta['plateau'])
     log.info('resumed from step %d', int(state.step))
@@ -343,8 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = make_train_step(graphdef, tx, seed=config.seed,
                                num_classes=config.model.num_classes, divide=data.divide)
   crop = config.model.image_size
-  eval_1view = make_eval_step(graphdef, num_classes=config.model.num_classes,
-                              divide=data.divide, crop=crop, views=1)
+  eval_1view = evaluation.make_eval_step(graphdef, num_classes=config.model.num_classes,
+                                         divide=data.divide, crop=crop, views=1)
   mean = jax.device_put(data.mean, sharding.named(mesh, sharding.REPLICATED))
 
   def save(step, val_error=None):
@@ -367,7 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
       if preemption.signalled:  # SIGTERM to the process group also stops grain's workers.
         return None
-      raise input_failure(e, f'before step {step + 1}') from e
+      raise input_pipeline.failure(e, f'before step {step + 1}') from e
 
   try:
     with _Preemption() as preemption:
@@ -395,7 +352,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if not preempted and (step % steps_per_epoch == 0 or step == total_steps):
           nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
           pending = None
-          val = evaluate(eval_1view, state.params, data.eval, mesh, mean, config.batch_size)
+          val = evaluation.evaluate(eval_1view, state.params, data.eval, mesh, mean,
+                                    config.batch_size)
           last_eval = (step, val)
           writer.write(step, {f'val_{k}': v for k, v in val.items()}
                        | {'epoch': step / steps_per_epoch})
@@ -426,11 +384,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if last_eval[0] == step:  # The last epoch's evaluation is the final 1-view one.
     one_view = last_eval[1]
   else:
-    one_view = evaluate(eval_1view, state.params, data.eval, mesh, mean, config.batch_size)
-  eval_10views = make_eval_step(graphdef, num_classes=config.model.num_classes,
-                                divide=data.divide, crop=crop, views=10)
-  ten_views = evaluate(eval_10views, state.params, data.eval_whole, mesh, mean,
-                       config.batch_size)
+    one_view = evaluation.evaluate(eval_1view, state.params, data.eval, mesh, mean,
+                                   config.batch_size)
+  eval_10views = evaluation.make_eval_step(graphdef, num_classes=config.model.num_classes,
+                                           divide=data.divide, crop=crop, views=10)
+  ten_views = evaluation.evaluate(eval_10views, state.params, data.eval_whole, mesh, mean,
+                                  config.batch_size)
   for views, results in ((1, one_view), (10, ten_views)):
     for k, v in results.items():
       final[f'{views}view_{k}'] = v

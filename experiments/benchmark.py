@@ -82,19 +82,16 @@ def _peak_rss_mib() -> float:
 
 def jax_worker(name: str, batch: int, steps: int, dtype: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import alexnet_jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import input_pipeline, optim, sharding, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import evaluation, input_pipeline, sharding, train  # pylint: disable=all
 
   model_cfg, optim_cfg, divide, _ = model_config(name, dtype)
   mesh = sharding.single_device_mesh()  # One device runs both towers.
   net = alexnet_jax.create_model(model_cfg, mesh=mesh)
   spec = net.spec
   size, classes = spec.image_size, spec.num_classes
-  graphdef, params = nnx.split(net)
-  tx = optim.create(optim_cfg)
   rng = np.random.default_rng(0)
   device = jax.devices()[0]
   put = lambda a: jax.device_put(a, device)
@@ -107,9 +104,8 @@ def jax_worker(name: str, batch: int, steps: int, dtype: str) -> dict:
       input_pipeline.normalize(np.asarray(u8), np.asarray(u8_batch['lighting']), 120.0,
                                divide, np.asarray(u8_batch['flip']))))
   result = {'peak_flops': None, 'device': device.device_kind, 'platform': device.platform}
+  graphdef, state, tx = train.init_state(net, optim_cfg)
   with jax.set_mesh(mesh):
-    opt_state = jax.jit(tx.init)(params)
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
     step = train.make_train_step(graphdef, tx, seed=0, num_classes=classes, divide=divide)
     # XLA's FLOP count of the step, from the lowered program (no extra compilation).
     cost = step.lower(state, u8_batch, mean).cost_analysis() or {}
@@ -129,8 +125,8 @@ def jax_worker(name: str, batch: int, steps: int, dtype: str) -> dict:
 
     @jax.jit
     def infer(params, images):
-      return train.view_probabilities(nnx.merge(graphdef, params), images, mean,
-                                      divide=divide, crop=size, views=1)
+      return evaluation.view_probabilities(nnx.merge(graphdef, params), images, mean,
+                                           divide=divide, crop=size, views=1)
 
     run = lambda: jax.block_until_ready(infer(state.params, u8))
     run()

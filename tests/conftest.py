@@ -1,4 +1,5 @@
-"""Every test sees 4 fake CPU devices; set before jax initialises its backends."""
+"""Every test sees 4 fake CPU devices (set before jax initialises its backends), and the
+fixtures several test files share. Helper functions are in tests/helpers.py."""
 import os
 import tempfile
 
@@ -14,26 +15,26 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-import alexnet_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def small_config(variant='paper', **overrides):
-  """A variant scaled down to run in well under a second on a CPU, same topology.
-
-  width 1/8 keeps every layer's tower split; a 5x5 stride-2 conv1 on 63x63 images reaches
-  pool5 at 3x3, so all eight layers, both LRNs and all three pools are exercised.
-  """
-  c = alexnet_jax.model_config(variant)
-  c.width = 0.125
-  c.image_size = 63
-  c.conv1_kernel = 5
-  c.conv1_stride = 2
-  c.num_classes = 10
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
+import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope='session', autouse=True)
 def four_devices():
   assert jax.device_count() == 4, 'tests expect 4 fake CPU devices (see conftest.py)'
+
+
+@pytest.fixture(scope='session')
+def photo_folder(tmp_path_factory):
+  """root/{train,val}/{cat,coffee,space}/*.jpg, made of real photos (helpers.make_folder)."""
+  return helpers.make_folder(tmp_path_factory.mktemp('photos'))
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory):
+  """(workdir, final metrics) of the embedded default at 1/8 width, 2 epochs of 8 steps: the
+  paper's net (non-inverted dropout, fc8 split over the towers) on the digits, for the tests
+  of evaluate, predict, features, inference and transfer."""
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('trained_run')
+  config = helpers.train_config(steps_per_epoch=8)
+  return workdir, train.train_and_evaluate(config, str(workdir))

@@ -1,6 +1,6 @@
 """`python -m alexnet_jax.main`, recording which examples this process's pipeline reads.
 
-tests/test_multihost.py starts it once per process. The (example, position) pairs go to the
+tests/test_distributed.py starts it once per process. The (example, position) pairs go to the
 JSON file named by $READS_PATH when the process exits.
 """
 import atexit

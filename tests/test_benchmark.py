@@ -1,23 +1,16 @@
 """experiments/benchmark.py: its PyTorch baseline is our net, and the command runs end to end."""
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
 import alexnet_jax
 from alexnet_jax import optim, train, weights
-from conftest import small_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
-from torch_alexnet import TorchAlexNet  # pylint: disable=g-import-not-at-top,wrong-import-position
-import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+import benchmark
+import helpers
+from helpers import small_config
+from torch_alexnet import TorchAlexNet
 
 
 @pytest.mark.parametrize('config', [
@@ -45,11 +38,8 @@ def test_bfloat16_compute_trains_with_float32_parameters_and_optimizer_state():
   x = rng.normal(0, 1, (4, 63, 63, 3)).astype(np.float32)
   f32 = alexnet_jax.create_model(small_config())
   np.testing.assert_allclose(np.asarray(net(x)), np.asarray(f32(x)), rtol=0.1, atol=0.05)
-  graphdef, params = nnx.split(net)
-  before = [np.asarray(p) for p in jax.tree.leaves(params)]
-  tx = optim.create(optim.config())
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=jax.jit(tx.init)(params))
+  graphdef, state, tx = train.init_state(net, optim.config())
+  before = [np.asarray(p) for p in jax.tree.leaves(state.params)]
   step = train.make_train_step(graphdef, tx, seed=0, num_classes=10, divide=64.0)
   batch = {'image': rng.integers(0, 256, (8, 63, 63, 3), dtype=np.uint8),
            'label': np.arange(8, dtype=np.int32), 'flip': np.zeros(8, bool),
@@ -62,13 +52,11 @@ def test_bfloat16_compute_trains_with_float32_parameters_and_optimizer_state():
   assert min(moved) > 0  # Every layer learned, in float32.
 
 
+@pytest.mark.slow
 def test_the_benchmark_prints_its_table():
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = ''  # The real CPU device, as a user runs it.
-  out = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'experiments', 'benchmark.py'), '--models=digits',
-       '--repeats=1', '--steps=1', '--no-record'],
-      capture_output=True, text=True, env=env, timeout=600, check=False)
+  env = helpers.python_env(XLA_FLAGS='')  # The real CPU device, as a user runs it.
+  out = helpers.run_python('experiments/benchmark.py', '--models=digits', '--repeats=1',
+                           '--steps=1', '--no-record', env=env, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   rows = [l for l in out.stdout.splitlines() if l.startswith('| digits')]
   assert [r.split('|')[3].strip() for r in rows] == ['train', 'train, host-normalized',

@@ -1,16 +1,65 @@
-"""The README's first command, as a user runs it."""
+"""`python -m alexnet_jax.main` as users run it: the README's first command, one-line errors,
+and what preemptible machines and full disks do to a run (nothing is lost).
+
+Every test here starts real processes (marked slow). Kills land at fixed points: after a
+given step's metrics line, or inside a checkpoint save held open by the test-only hook
+checkpoint.HOLD_SAVE_ENV (written, never committed), never at a random moment.
+"""
 import json
 import os
-import subprocess
-import sys
+import resource
+import signal
+import time
+
+import pytest
+
+from alexnet_jax import checkpoint
+import helpers
+
+pytestmark = pytest.mark.slow
+STEPS_PER_EPOCH, EPOCHS = 4, 8
+RUN_FLAGS = (f'--config.steps_per_epoch={STEPS_PER_EPOCH}', '--config.checkpoint_keep=2')
+TIMEOUT_S = 300
+
+
+def start(workdir, *flags, **popen) -> helpers.Process:
+  return helpers.start_main(workdir, *RUN_FLAGS, *flags, **popen)
+
+
+def finish(proc: helpers.Process) -> tuple[int, str]:
+  (out,) = helpers.wait_all([proc], TIMEOUT_S, f'main in {proc.log.name}')
+  return proc.returncode, out
+
+
+def train_steps_logged(workdir) -> list[int]:
+  path = workdir / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  rows = [json.loads(l) for l in path.read_text().splitlines() if l.endswith('}')]
+  return [r['step'] for r in rows if 'train_loss' in r]
+
+
+def wait_for(condition, proc: helpers.Process, what: str):
+  deadline = time.time() + TIMEOUT_S
+  while not condition():
+    assert proc.returncode is None, f'exited ({proc.returncode}) before {what}: ' + \
+        proc.output()[-2000:]
+    assert time.time() < deadline, f'no {what} after {TIMEOUT_S} s'
+    time.sleep(0.02)
+
+
+def unfinished_saves(workdir) -> list[str]:
+  ckpts = checkpoint.Checkpoints(str(workdir / 'checkpoints'), read_only=True)
+  try:
+    return ckpts.unfinished()
+  finally:
+    ckpts.close()
 
 
 def test_main_runs_the_default_job(tmp_path):
   """The default job, cut to 2 short epochs: it trains, evaluates and reports."""
-  result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={tmp_path / "run"}',
-       '--config.num_epochs=2', '--config.steps_per_epoch=4'],
-      capture_output=True, text=True, timeout=300)
+  result = helpers.run_python('-m', 'alexnet_jax.main', f'--workdir={tmp_path / "run"}',
+                              '--config.num_epochs=2', '--config.steps_per_epoch=4')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'final: 1-view top-1 error' in result.stdout
   assert '1,796,458' in result.stdout  # The digits net's parameters, from the layer table.
@@ -19,9 +68,8 @@ def test_main_runs_the_default_job(tmp_path):
 
 
 def test_main_reports_a_bad_config_in_one_line(tmp_path):
-  result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.main', '--config.model.activation=gelu'],
-      capture_output=True, text=True, timeout=300)
+  result = helpers.run_python('-m', 'alexnet_jax.main', f'--workdir={tmp_path}',
+                              '--config.model.activation=gelu')
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1] == (
       "error: model.activation: must be 'relu' or 'tanh', got 'gelu'")
@@ -34,8 +82,102 @@ def test_main_restarts_itself_with_huge_pages_unless_told_otherwise():
   probe = ('import os; from alexnet_jax import main; '
            'os.execve = lambda exe, argv, env: print(argv[1:], env["GLIBC_TUNABLES"]); '
            'main.reexec_with_huge_pages(); print("no re-exec")')
-  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
-  run = lambda env: subprocess.run([sys.executable, '-c', probe, '--flag'], env=env,
-                                   capture_output=True, text=True, timeout=120).stdout
+  env = {k: v for k, v in helpers.python_env().items() if k != 'GLIBC_TUNABLES'}
+  run = lambda env: helpers.run_python('-c', probe, '--flag', env=env, timeout=120).stdout
   assert run(env).splitlines()[0] == f"{['-c', probe, '--flag']} glibc.malloc.hugetlb=1"
   assert run({**env, 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}).strip() == 'no re-exec'
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """The run every interrupted run must end equal to, bit for bit."""
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  code, out = finish(start(workdir, f'--config.num_epochs={EPOCHS}'))
+  assert code == 0, out[-3000:]
+  return helpers.last_checkpoint_meta(workdir)[1]['checksum']
+
+
+def test_kill_9_inside_saves_and_steps_loses_nothing(tmp_path, uninterrupted):
+  """SIGKILL to the process group (a preempted machine): twice inside a checkpoint save
+  (its files written, its folder not yet committed), twice right after a training step.
+  Each restart resumes from the newest committed checkpoint and removes the half-written
+  save; the end is bit-identical to the uninterrupted run, each step logged once."""
+  epoch = STEPS_PER_EPOCH
+  # Hold the save of this step and kill, or kill right after this step's metrics line.
+  kills = [('save', 2 * epoch), ('step', 3 * epoch + 2), ('save', 5 * epoch),
+           ('step', 6 * epoch + 1)]
+  for kind, step in kills:
+    committed = helpers.checkpoint_steps(tmp_path) if (tmp_path / 'checkpoints').exists() \
+        else []
+    env = helpers.python_env(**{checkpoint.HOLD_SAVE_ENV: str(step)} if kind == 'save' else {})
+    proc = start(tmp_path, f'--config.num_epochs={EPOCHS}', env=env, start_new_session=True)
+    if kind == 'save':
+      wait_for(lambda: f'holding the save of step {step}' in proc.output(), proc,
+               f'the held save of step {step}')
+    else:
+      wait_for(lambda: step in train_steps_logged(tmp_path), proc, f'step {step}')
+    os.killpg(proc.pid, signal.SIGKILL)
+    finish(proc)
+    if committed:  # The restart took the newest committed checkpoint.
+      assert f'resumed from step {committed[-1]}' in proc.output(), proc.output()[-3000:]
+    if kind == 'save':  # The held save: written, never committed.
+      assert step not in helpers.checkpoint_steps(tmp_path)
+      assert unfinished_saves(tmp_path) == [f'{step}.orbax-checkpoint-tmp']
+
+  committed = helpers.checkpoint_steps(tmp_path)
+  assert committed[-1] >= 5 * epoch  # Steps were saved after the last held save.
+  code, out = finish(start(tmp_path, f'--config.num_epochs={EPOCHS}'))
+  assert code == 0 and f'resumed from step {committed[-1]}' in out, out[-3000:]
+  assert not unfinished_saves(tmp_path)  # Half-written saves were cleaned up.
+  steps, meta = helpers.last_checkpoint_meta(tmp_path)
+  assert steps[-1] == epoch * EPOCHS
+  assert meta['checksum'] == uninterrupted  # Bit-identical parameters and optimizer state.
+  assert train_steps_logged(tmp_path) == list(range(1, epoch * EPOCHS + 1))
+
+
+@pytest.mark.parametrize('workers,group', [(0, False), (2, True)],
+                         ids=['one-process', 'process-group-with-2-input-workers'])
+def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tmp_path, uninterrupted, workers,
+                                                        group):
+  """SIGTERM (a preemption notice) to the main process, or to its whole process group, input
+  workers included, as schedulers send it: a checkpoint, exit 75, an exact resume."""
+  flags = (f'--config.num_epochs={EPOCHS}', f'--config.data.workers={workers}')
+  proc = start(tmp_path, *flags, start_new_session=group)
+  wait_for(lambda: len(train_steps_logged(tmp_path)) >= 2, proc, 'step 2')
+  if group:
+    os.killpg(proc.pid, signal.SIGTERM)
+  else:
+    proc.popen.send_signal(signal.SIGTERM)
+  code, out = finish(proc)
+  assert code == 75, out[-3000:]
+  steps, meta = helpers.last_checkpoint_meta(tmp_path)
+  assert 0 < steps[-1] < STEPS_PER_EPOCH * EPOCHS and meta['data']['step'] == steps[-1]
+  # Resumed without input workers: batches depend on the step alone, not on the worker count.
+  code, out = finish(start(tmp_path, f'--config.num_epochs={EPOCHS}'))
+  assert code == 0 and f'resumed from step {steps[-1]}' in out, out[-3000:]
+  assert helpers.last_checkpoint_meta(tmp_path)[1]['checksum'] == uninterrupted
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
+  """A file-size limit below the checkpoint's size makes every write past it fail as a full
+  disk does; the run stops in one line and the checkpoint before stays usable."""
+  code, out = finish(start(tmp_path, '--config.num_epochs=1', '--config.checkpoint_keep=1'))
+  assert code == 0, out[-3000:]
+
+  def small_disk():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Writes fail with EFBIG instead.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+  code, out = finish(start(tmp_path, '--config.num_epochs=2', '--config.checkpoint_keep=1',
+                           preexec_fn=small_disk))
+  assert code == 1
+  # Our one line; orbax's failed writer threads may print their own tracebacks around it.
+  assert (f'error: checkpoint: saving step {2 * STEPS_PER_EPOCH} in {tmp_path}/checkpoints '
+          'failed: File too large (errno 27); the checkpoints before it are kept'
+          ) in out.splitlines()
+  assert helpers.checkpoint_steps(tmp_path) == [STEPS_PER_EPOCH]
+  code, out = finish(start(tmp_path, '--config.num_epochs=2', '--config.checkpoint_keep=1'))
+  assert code == 0 and f'resumed from step {STEPS_PER_EPOCH}' in out, out[-3000:]
+  # The newest is kept whatever the validation errors were (the best may be kept beside it).
+  assert helpers.checkpoint_steps(tmp_path)[-1] == 2 * STEPS_PER_EPOCH
+  assert not unfinished_saves(tmp_path)

@@ -10,6 +10,7 @@ NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
                          'notebooks')
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize('name', ['quickstart', 'imagenet_colab', 'ablations'])
 def test_notebook_runs_on_cpu(name, tmp_path, monkeypatch):

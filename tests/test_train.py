@@ -1,191 +1,78 @@
-"""Training: the paper's update rule, the schedules, the loop, checkpoints and bad input."""
-import glob
+"""Training: the loop's outputs, the schedules inside it, resuming, transfer learning, and what
+stops a run (bad config, another net's checkpoints, broken input, NaN)."""
 import json
-import os
-import subprocess
-import sys
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from flax import nnx
 
 import alexnet_jax
+from alexnet_jax import checkpoint
+from alexnet_jax import datasets
+from alexnet_jax import inference
+from alexnet_jax import input_pipeline
 from alexnet_jax import optim
 from alexnet_jax import train
-from conftest import small_config
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs'))
-import digits  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-# ---- The update rule -------------------------------------------------------------------------
+from alexnet_jax import weights
+import helpers
+from helpers import train_config
 
 
-def numpy_paper_sgd(w, v, g, lr, *, wd=5e-4, momentum=0.9, lr_mult=1.0, decay=True):
-  """paper s3: v <- 0.9 v - 0.0005 eps w - eps grad; w <- w + v."""
-  v = momentum * v - (wd * lr * w if decay else 0) - lr * lr_mult * g
-  return w + v, v
-
-
-@pytest.mark.parametrize('bias_lr_multiplier,bias_weight_decay', [(1.0, True), (2.0, False)])
-def test_update_rule_matches_the_paper_across_a_learning_rate_drop(bias_lr_multiplier,
-                                                                   bias_weight_decay):
-  config = optim.config()
-  config.bias_lr_multiplier = bias_lr_multiplier
-  config.bias_weight_decay = bias_weight_decay
-  tx = optim.create(config)
-  rng = np.random.default_rng(0)
-  params = {'fc6': {'kernel': rng.normal(size=(3, 4)).astype(np.float32),
-                    'bias': rng.normal(size=(4,)).astype(np.float32)}}
-  state = tx.init(params)
-  ref = {k: (params['fc6'][k].astype(np.float64), np.zeros_like(params['fc6'][k], np.float64))
-         for k in ('kernel', 'bias')}
-  lrs = [0.01, 0.01, 0.01, 0.001, 0.001, 0.0001]  # Two drops, the momentum buffer kept.
-  for lr in lrs:
-    state = optim.set_lr(state, lr)
-    grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
-    updates, state = tx.update(grads, state, params)
-    # The train step adds the momentum buffer itself (in place): it must be the update.
-    jax.tree.map(np.testing.assert_array_equal, optim.momentum_buffer(state), updates)
-    params = optax.apply_updates(params, updates)
-    for k in ('kernel', 'bias'):
-      is_bias = k == 'bias'
-      ref[k] = numpy_paper_sgd(*ref[k], grads['fc6'][k], lr,
-                               lr_mult=bias_lr_multiplier if is_bias else 1.0,
-                               decay=bias_weight_decay or not is_bias)
-      np.testing.assert_allclose(params['fc6'][k], ref[k][0], rtol=1e-5, atol=1e-7)
-  # optax's sgd keeps eps outside the buffer: after the drops it differs from the paper.
-  assert float(optim.learning_rate(state)) == pytest.approx(1e-4)
-
-
-def test_bias_options_reach_the_models_own_parameters():
-  """The masks see nnx's state paths (`...['fc6']['bias'].value`), not just plain dicts."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  config = optim.config()
-  config.bias_lr_multiplier, config.bias_weight_decay = 2.0, False
-  _, params = nnx.split(alexnet_jax.create_model(small_config()), nnx.Param)
-  tx = optim.create(config)
-  grads = jax.tree.map(jnp.ones_like, params)
-  updates, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
-  lr, wd = config.base_lr, config.weight_decay
-  np.testing.assert_allclose(updates['fc6']['bias'][...], -2 * lr, rtol=1e-6)
-  np.testing.assert_allclose(updates['fc6']['kernel'][...],
-                             -lr * (1 + wd * params['fc6']['kernel'][...]), rtol=1e-5)
-
-
-def test_plateau_divides_by_ten_at_most_three_times():
-  p = optim.Plateau(0.01, patience=2, threshold=1e-3, max_drops=3)
-  drops = [p.update(e) for e in [0.5, 0.4, 0.4, 0.3999, 0.35, 0.36, 0.37, 0.37, 0.37,
-                                 0.37, 0.37, 0.37, 0.37, 0.37]]
-  assert drops == [False, False, False, True, False, False, True, False, True, False, False,
-                   False, False, False]
-  assert p.lr == pytest.approx(1e-5) and p.drops == 3
-  q = optim.Plateau(0.01)
-  q.restore(json.loads(json.dumps(p.state())))
-  assert q.state() == p.state()
-  assert [optim.manual_lr(0.01, e, (25, 51, 79)) for e in (0, 24, 25, 50, 51, 79, 90)] == \
-      pytest.approx([0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-5, 1e-5])
-
-
-def test_loss_and_errors_on_tower_split_logits():
-  logits = np.random.default_rng(1).normal(size=(8, 10)).astype(np.float32)
-  labels = np.arange(8) % 10
-  loss, top1, top5 = jax.jit(train.loss_and_errors, static_argnums=2)(logits, labels, 10)
-  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  np.testing.assert_allclose(loss, -logp[np.arange(8), labels], rtol=1e-5)
-  ranks = (logits > logits[np.arange(8), labels][:, None]).sum(-1)
-  np.testing.assert_array_equal(top1, ranks >= 1)
-  np.testing.assert_array_equal(top5, ranks >= 5)
-
-
-# ---- The loop ---------------------------------------------------------------------------------
-
-
-def tiny_config(**overrides):
-  c = digits.get_config()
-  c.model = small_config()
-  c.model.image_size = 32
-  c.model.conv1_kernel, c.model.conv1_stride, c.model.conv1_padding = 5, 1, 2
-  c.model.width = 0.125
-  c.batch_size = 16
-  c.num_epochs = 2
-  c.steps_per_epoch = 3
-  c.progress = False
-  c.optim.base_lr = 0.01
-  for k, v in overrides.items():
-    target = c
-    *path, last = k.split('.')
-    for p in path:
-      target = target[p]
-    target[last] = v
-  return c
-
-
-def last_checkpoint_meta(workdir):
-  steps = sorted(int(os.path.basename(p)) for p in glob.glob(f'{workdir}/checkpoints/*')
-                 if os.path.basename(p).isdigit())
-  with open(glob.glob(f'{workdir}/checkpoints/{steps[-1]}/meta/*')[0]) as f:
-    return steps, json.load(f)
+def metrics_rows(workdir):
+  return [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
 
 
 def test_train_writes_metrics_checkpoints_and_plots(tmp_path):
-  final = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  final = train.train_and_evaluate(train_config(), str(tmp_path))
   assert final['step'] == 6
   for key in ('1view_top1_error', '1view_top5_error', '10view_top1_error', '10view_top5_error'):
     assert 0 <= final[key] <= 1
-  rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  rows = metrics_rows(tmp_path)
   assert [r['step'] for r in rows if 'val_top1_error' in r] == [3, 6]
   train_rows = [r for r in rows if 'train_loss' in r]
-  assert len(train_rows) == 6 and all(r['lr'] == pytest.approx(0.01) and r['images_per_s'] > 0
-                                      for r in train_rows)
-  assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
+  assert [r['step'] for r in train_rows] == list(range(1, 7))
+  assert all(r['lr'] == pytest.approx(0.02) and r['images_per_s'] > 0 for r in train_rows)
+  assert json.load(open(tmp_path / 'final_metrics.json')) == final
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
   assert (tmp_path / 'curves.png').stat().st_size > 1000
-  steps, meta = last_checkpoint_meta(tmp_path)
+  steps, meta = helpers.last_checkpoint_meta(tmp_path)
   assert steps == [3, 6] and meta['data']['step'] == 6 and len(meta['checksum']) == 64
+  # The final 1-view evaluation is the last epoch's validation.
+  last_val = [r for r in rows if 'val_top1_error' in r][-1]
+  assert final['1view_top1_error'] == last_val['val_top1_error']
 
 
-def test_image_folder_end_to_end(tmp_path):
-  from test_data import make_folder  # pylint: disable=g-import-not-at-top
-  root = make_folder(tmp_path / 'photos')
-  config = tiny_config(**{'data.source': 'folder', 'data.path': str(root),
-                          'data.eval_split': 'validation', 'data.mean': 'rgb',
-                          'data.divide': 64.0})
-  config.model.num_classes = 3
-  config.model.fc8_per_tower = False  # 3 classes do not split over 2 towers.
+def test_image_folder_end_to_end(tmp_path, photo_folder):
+  config = train_config(**{'data.source': 'folder', 'data.path': str(photo_folder),
+                           'data.eval_split': 'validation', 'data.mean': 'rgb',
+                           'model.num_classes': 3, 'model.fc8_per_tower': False})
   final = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert final['step'] == 6 and 0 <= final['1view_top1_error'] <= 1
+  assert inference.load(str(tmp_path / 'run')).classes == helpers.FOLDER_CLASSES
 
 
-def run_main(workdir, *flags, timeout=300):
-  return subprocess.run([sys.executable, '-m', 'alexnet_jax.main', f'--workdir={workdir}',
-                         '--config.progress=False', '--config.batch_size=16',
-                         '--config.model.width=0.125', '--config.steps_per_epoch=3',
-                         *flags], capture_output=True, text=True, timeout=timeout)
-
-
-def test_resume_in_a_new_process_is_bit_identical(tmp_path):
-  straight = run_main(tmp_path / 'a', '--config.num_epochs=2')
-  assert straight.returncode == 0, straight.stderr[-2000:]
-  first = run_main(tmp_path / 'b', '--config.num_epochs=1')
-  assert first.returncode == 0, first.stderr[-2000:]
-  second = run_main(tmp_path / 'b', '--config.num_epochs=2')
-  assert second.returncode == 0, second.stderr[-2000:]
-  assert 'resumed from step 3' in second.stderr
-  steps_a, meta_a = last_checkpoint_meta(tmp_path / 'a')
-  steps_b, meta_b = last_checkpoint_meta(tmp_path / 'b')
-  assert steps_a[-1] == steps_b[-1] == 6
-  assert meta_a['checksum'] == meta_b['checksum']  # Every parameter bit equal.
-  assert json.load(open(tmp_path / 'a' / 'final_metrics.json')) == \
-      json.load(open(tmp_path / 'b' / 'final_metrics.json'))
-
-
-def abstract_state(config):
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  _, params = nnx.split(alexnet_jax.create_model(config.model), nnx.Param)
-  return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=jax.jit(optim.create(config.optim).init)(params))
+def test_plateau_schedule_drops_in_the_loop_and_resumes_between_drops(tmp_path):
+  """The paper's schedule with one-step epochs: an improvement of 1.0 in error never comes
+  after the first evaluation, so with patience 1 eps drops after epochs 2, 3 and 4, then no
+  more (max_drops 3). A run stopped after epoch 3 and resumed takes the same drops and ends
+  with the same bits."""
+  config = lambda epochs: train_config(**{
+      'num_epochs': epochs, 'steps_per_epoch': 1, 'optim.schedule': 'plateau',
+      'optim.plateau_patience': 1, 'optim.plateau_threshold': 1.0})
+  train.train_and_evaluate(config(6), str(tmp_path / 'straight'))
+  train.train_and_evaluate(config(3), str(tmp_path / 'resumed'))
+  train.train_and_evaluate(config(6), str(tmp_path / 'resumed'))
+  b = 0.02
+  for run in ('straight', 'resumed'):
+    lrs = [r['lr'] for r in metrics_rows(tmp_path / run) if 'train_loss' in r]
+    np.testing.assert_allclose(lrs, [b, b, b / 10, b / 100, b / 1000, b / 1000], rtol=1e-6)
+  (_, straight), (_, resumed) = (helpers.last_checkpoint_meta(tmp_path / 'straight'),
+                                 helpers.last_checkpoint_meta(tmp_path / 'resumed'))
+  assert straight['plateau'] == resumed['plateau'] and straight['plateau']['drops'] == 3
+  assert straight['checksum'] == resumed['checksum']
 
 
 @pytest.mark.parametrize('overrides,message', [
@@ -199,42 +86,142 @@ def abstract_state(config):
 ])
 def test_bad_config_fails_before_training_in_one_line(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message) as e:
-    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+    train.train_and_evaluate(train_config(**overrides), str(tmp_path))
   assert '\n' not in str(e.value)
   assert not (tmp_path / 'checkpoints').exists()
 
 
-def test_class_count_must_match_the_checkpoint(tmp_path):
-  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
-  # A checkpoint written by a run with another class count.
-  meta_path = glob.glob(str(tmp_path / 'checkpoints' / '3' / 'meta' / '*'))[0]
-  meta = json.load(open(meta_path))
-  meta['num_classes'] = 5
-  json.dump(meta, open(meta_path, 'w'))
-  with pytest.raises(ValueError, match='the checkpoint in .* has 5'):
-    train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))
+@pytest.mark.parametrize('overrides,message', [
+    ({'model.width': 0.25}, r'model\.width: 0\.25, but the checkpoints in .* were written '
+                            r'with 0\.125; resume with the same setting'),
+    ({'optim.bias_lr_multiplier': 2.0}, r'optim\.bias_lr_multiplier: 2\.0, but'),
+])
+def test_resuming_with_another_net_fails_in_one_line_and_touches_nothing(tmp_path, overrides,
+                                                                         message):
+  train.train_and_evaluate(train_config(num_epochs=1), str(tmp_path))
+  before = helpers.last_checkpoint_meta(tmp_path)
+  files = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+  with pytest.raises(ValueError, match=message) as e:
+    train.train_and_evaluate(train_config(**overrides), str(tmp_path))
+  assert '\n' not in str(e.value)
+  assert helpers.last_checkpoint_meta(tmp_path) == before
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == files
 
 
-def test_tensorboard_event_file_is_valid_tfrecord(tmp_path):
-  """Records framed as TFRecords with masked CRC-32C, holding the scalars' tags."""
-  import struct  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import metrics  # pylint: disable=g-import-not-at-top
-  writer = metrics.TensorBoardFile(str(tmp_path))
-  writer.scalar('val_top1_error', 0.25, 7)
-  writer.close()
-  data = open(writer.path, 'rb').read()
-  records, i = [], 0
-  while i < len(data):
-    header = data[i:i + 8]
-    assert struct.unpack('<I', data[i + 8:i + 12])[0] == metrics._masked_crc32c(header)
-    n = struct.unpack('<Q', header)[0]
-    record = data[i + 12:i + 12 + n]
-    assert struct.unpack('<I', data[i + 12 + n:i + 16 + n])[0] == metrics._masked_crc32c(record)
-    records.append(record)
-    i += 16 + n
-  assert len(records) == 2 and b'brain.Event:2' in records[0]
-  assert b'val_top1_error' in records[1] and struct.pack('<f', 0.25) in records[1]
-  # The CRC-32C of '123456789' is 0xE3069283 (the standard check value).
-  crc = metrics._masked_crc32c(b'123456789')
-  unmasked = ((crc - 0xA282EAD8) & 0xFFFFFFFF)
-  assert ((unmasked << 15) | (unmasked >> 17)) & 0xFFFFFFFF == 0xE3069283
+def test_a_checkpoint_of_another_class_count_is_refused(tmp_path, photo_folder):
+  folder = {'data.source': 'folder', 'data.path': str(photo_folder), 'data.mean': 'rgb',
+            'data.eval_split': 'validation', 'model.num_classes': 3,
+            'model.fc8_per_tower': False}
+  train.train_and_evaluate(train_config(num_epochs=1, **folder), str(tmp_path))
+  with pytest.raises(ValueError, match=r'model\.num_classes: 10, but the checkpoints in '):
+    train.train_and_evaluate(train_config(**{'model.fc8_per_tower': False}), str(tmp_path))
+
+
+# ---- Transfer learning ---------------------------------------------------------------------
+
+
+def transfer_config(photo_folder, source, **overrides):
+  """A new 3-class head on the photos, every other layer frozen (configs/transfer.py:head)."""
+  return train_config(**{
+      'data.source': 'folder', 'data.path': str(photo_folder), 'data.eval_split': 'validation',
+      'data.mean': 'rgb', 'num_epochs': 5, 'steps_per_epoch': 10, 'transfer.source': source,
+      'optim.base_lr': 0.2, 'optim.pretrained_lr_multiplier': 0.0, 'model.num_classes': 3,
+      'model.fc8_per_tower': False, **overrides})
+
+
+def params_of(reference):
+  return nnx.split(inference.load(reference).net, nnx.Param)[1]
+
+
+def test_transfer_trains_a_new_head_on_photos_and_freezes_the_rest(trained_run, tmp_path,
+                                                                   photo_folder):
+  final = train.train_and_evaluate(transfer_config(photo_folder, str(trained_run[0])),
+                                   str(tmp_path / 'transfer'))
+  before, after = params_of(str(trained_run[0])), params_of(str(tmp_path / 'transfer'))
+  assert inference.load(str(tmp_path / 'transfer')).classes == helpers.FOLDER_CLASSES
+  for layer in ('conv1', 'conv3', 'conv5', 'fc6', 'fc7'):  # Frozen, to the bit.
+    for k in ('kernel', 'bias'):
+      np.testing.assert_array_equal(after[layer][k][...], before[layer][k][...])
+  assert after['fc8']['kernel'][...].shape[-1] == 3
+  losses = [r['train_loss'] for r in metrics_rows(tmp_path / 'transfer') if 'train_loss' in r]
+  # It learns, from digit features, to tell cats, coffee and rockets apart: the loss falls
+  # (measured: 1.10 -> about 0.85 over 50 steps) and the held-out photos are classified
+  # better than chance (measured: all 6 right).
+  assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:5])
+  assert final['1view_top1_error'] <= 1 / 3
+
+
+@pytest.mark.parametrize('suffix', ['npz', 'pth'])
+def test_transfer_from_a_state_dict_file_copies_every_layer_but_fc8(trained_run, tmp_path,
+                                                                   photo_folder, suffix):
+  path = tmp_path / f'digits_net.{suffix}'
+  weights.export_state_dict(inference.load(str(trained_run[0])).net, path)
+  config = transfer_config(photo_folder, str(path), num_epochs=1, steps_per_epoch=2,
+                           **{'transfer.source_num_classes': 10})
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  before, after = params_of(str(trained_run[0])), params_of(str(tmp_path / 'run'))
+  for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7'):
+    for k in ('kernel', 'bias'):
+      np.testing.assert_array_equal(after[layer][k][...], before[layer][k][...])
+  assert after['fc8']['kernel'][...].shape[-1] == 3
+  with pytest.raises(ValueError, match=r"weights: 'conv1.weight' has shape \(12, 3, 5, 5\), "
+                                       r"the 'paper' net needs \(24, 3, 5, 5\)"):
+    train.train_and_evaluate(transfer_config(photo_folder, str(path), **{
+        'transfer.source_num_classes': 10, 'model.width': 0.25}), str(tmp_path / 'other'))
+
+
+# ---- Broken input and NaN ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize('how', ['raise', 'kill'])
+def test_a_broken_input_worker_stops_the_run_in_one_line(tmp_path, monkeypatch, how):
+  open_source = datasets.open_source
+
+  def breaking(config, split):
+    source, stats = open_source(config, split)
+    return helpers.BreakingSource(source, how=how, after=40), stats
+
+  monkeypatch.setattr(datasets, 'open_source', breaking)
+  with pytest.raises(input_pipeline.InputError) as e:
+    train.train_and_evaluate(train_config(**{'data.workers': 2}), str(tmp_path))
+  message = str(e.value)
+  assert re.match(r'data: the input pipeline failed (before step \d+|during evaluation): ',
+                  message) and '\n' not in message, message
+  assert ('disk read error on example' if how == 'raise' else 'terminated unexpectedly') \
+      in message
+
+
+def test_a_nan_gradient_skips_the_update_and_is_counted():
+  config = train_config()
+  net = alexnet_jax.create_model(config.model)
+  graphdef, state, tx = train.init_state(net, config.optim)
+  step = train.make_train_step(graphdef, tx, seed=0, num_classes=10, divide=1.0)
+  images = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
+  images[3, 5, 5, 0] = np.nan  # One NaN pixel: a NaN loss and NaN gradients.
+  batch = {'image': images, 'label': np.arange(16, dtype=np.int32) % 10,
+           'flip': np.zeros(16, bool), 'lighting': np.zeros((16, 3), np.float32)}
+  weights_and_momentum = lambda s: checkpoint.checksum((s.params,
+                                                       optim.momentum_buffer(s.opt_state)))
+  before = weights_and_momentum(state)  # `step` donates the state it is given.
+  new_state, metrics = step(state, batch, jnp.zeros((32, 32, 3)))
+  assert float(metrics['finite']) == 0 and not np.isfinite(float(metrics['loss']))
+  assert int(new_state.step) == 1 and weights_and_momentum(new_state) == before
+  images[3, 5, 5, 0] = 0.0  # The same batch, clean: the update happens.
+  clean, metrics = step(new_state, batch, jnp.zeros((32, 32, 3)))
+  assert float(metrics['finite']) == 1 and weights_and_momentum(clean) != before
+
+
+def test_non_finite_steps_then_a_clean_stop(tmp_path):
+  config = train_config(max_nonfinite_steps=2, **{'optim.base_lr': 1e30})
+  with pytest.raises(train.TrainingError, match='steps in a row had a non-finite') as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert '\n' not in str(e.value)
+  rows = metrics_rows(tmp_path)
+  assert max(r.get('nonfinite_steps', 0) for r in rows) == 3
+  # Step 1's update is huge but finite; steps 2 and 3 overflow and are skipped, so the end of
+  # epoch 1 saves step 1's parameters: finite, as every saved checkpoint is.
+  assert helpers.checkpoint_steps(tmp_path) == [3]
+  saved = nnx.split(inference.load(str(tmp_path)).net, nnx.Param)[1]
+  assert checkpoint.all_finite(saved)
+  assert max(float(jnp.abs(p).max()) for p in jax.tree.leaves(saved)) > 1e20

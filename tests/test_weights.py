@@ -2,12 +2,14 @@
 import jax
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 import alexnet_jax
 from alexnet_jax import sharding
 from alexnet_jax import weights
-from conftest import small_config
+from helpers import small_config
+import torch_reference
 
 
 def params_equal(a, b):
@@ -51,8 +53,6 @@ def test_paper_layout_is_caffes():
 
 def test_pth_round_trip_and_torchvision_logits(tmp_path):
   """owt exports torchvision's exact state dict; its logits equal torchvision's net's."""
-  torch = pytest.importorskip('torch')
-  import torch_reference  # pylint: disable=g-import-not-at-top
   m = alexnet_jax.create_model('owt', seed=4, mesh=sharding.make_mesh(1))
   weights.export_state_dict(m, tmp_path / 'owt.pth')
   net = torch_reference.TorchvisionAlexNet().eval()

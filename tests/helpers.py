@@ -1,0 +1,282 @@
+"""What the tests share: small configs, real photos and files built on the spot, checkpoints
+read through the project's own API, and the project's commands run as subprocesses (from any
+directory; a run that hangs fails in one line saying where each process was)."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+from PIL import Image
+
+import alexnet_jax
+from alexnet_jax import checkpoint
+from alexnet_jax import datasets
+
+REPO = Path(__file__).resolve().parent.parent
+
+# ---- Configs ----------------------------------------------------------------------------------
+
+
+def load_config(spec: str, *overrides: str):
+  """`configs/<spec>` (`file.py` or `file.py:arg`) with `--config.<override>`s, loaded
+  exactly as the command lines load it."""
+  argv = ['test', f'--config={REPO / "configs" / spec}', *(f'--config.{o}' for o in overrides)]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=values, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def set_fields(config, overrides: dict):
+  """config with 'a.b.c'-named fields set."""
+  for name, value in overrides.items():
+    *path, last = name.split('.')
+    target = config
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return config
+
+
+def small_config(variant='paper', **overrides):
+  """A variant scaled down to run in well under a second on a CPU, same topology.
+
+  width 1/8 keeps every layer's tower split; a 5x5 stride-2 conv1 on 63x63 images reaches
+  pool5 at 3x3, so all eight layers, both LRNs and all three pools are exercised.
+  """
+  c = alexnet_jax.model_config(variant)
+  c.width = 0.125
+  c.image_size = 63
+  c.conv1_kernel = 5
+  c.conv1_stride = 2
+  c.num_classes = 10
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+def train_config(**overrides):
+  """The embedded default at 1/8 width, 2 epochs of 3 steps of 16 images: a whole run
+  (training, validation, checkpoints, 1- and 10-view evaluation) in a few seconds."""
+  c = load_config('digits.py')
+  c.model.width = 0.125
+  c.batch_size = 16
+  c.num_epochs = 2
+  c.steps_per_epoch = 3
+  c.progress = False
+  return set_fields(c, overrides)
+
+
+def data_config(**data_overrides):
+  """What input_pipeline.create reads: the digits at 36x36, crops of 32, batches of 16."""
+  c = ml_collections.ConfigDict({'data': datasets.config(), 'model': {'image_size': 32},
+                                 'batch_size': 16, 'seed': 3})
+  c.data.image_size = 36
+  c.data.eval_split = 'test'
+  for k, v in data_overrides.items():
+    setattr(c.data, k, v)
+  return c
+
+
+# Command-line flags of the same small run, for `python -m alexnet_jax.main`.
+MAIN_FLAGS = ('--config.progress=False', '--config.batch_size=16', '--config.model.width=0.125')
+
+# ---- Real images and files ------------------------------------------------------------------
+
+
+def photos() -> dict[str, np.ndarray]:
+  """Real public-domain photos that scikit-image ships."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  return {'astronaut': skimage.data.astronaut(), 'chelsea': skimage.data.chelsea(),
+          'coffee': skimage.data.coffee(), 'rocket': skimage.data.rocket()}
+
+
+def encode(array: np.ndarray, fmt: str, **kw) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, fmt, **kw)
+  return buf.getvalue()
+
+
+def jpeg(array: np.ndarray) -> bytes:
+  return encode(array, 'JPEG', quality=92)
+
+
+def png(array: np.ndarray) -> bytes:
+  return encode(array, 'PNG')
+
+
+def cmyk_jpeg(array: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(array).convert('CMYK').save(buf, 'JPEG', quality=92)
+  return buf.getvalue()
+
+
+def grey16_png(array: np.ndarray) -> bytes:
+  grey = np.asarray(Image.fromarray(array).convert('L'), np.uint16) * 257
+  return encode(grey, 'PNG')
+
+
+FOLDER_CLASSES = ('cat', 'coffee', 'space')
+
+
+def make_folder(root: Path) -> Path:
+  """root/{train,val}/{cat,coffee,space}/*.jpg from real photos, crops and flips of them."""
+  p = photos()
+  sources = dict(zip(FOLDER_CLASSES, (p['chelsea'], p['coffee'], p['rocket'])))
+  for split, count in (('train', 6), ('val', 2)):
+    for c, photo in sources.items():
+      os.makedirs(root / split / c)
+      for i in range(count):
+        h, w = photo.shape[:2]
+        view = photo[i * 7:h - i * 5, i * 11:w - i * 3]
+        view = view[:, ::-1] if i % 2 else view
+        (root / split / c / f'{c}_{i}.jpg').write_bytes(jpeg(np.ascontiguousarray(view)))
+  return root
+
+
+class BreakingSource:
+  """Wraps a source; after `after` reads in a process, it raises, or kills that process (as
+  the OOM killer would). Defined here so that grain's spawned workers can unpickle it."""
+
+  def __init__(self, source, *, how: str, after: int):
+    self.source, self.how, self.after, self.reads = source, how, after, 0
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    self.reads += 1
+    if self.reads > self.after:
+      if self.how == 'raise':
+        raise OSError(f'disk read error on example {index}')
+      os.kill(os.getpid(), signal.SIGKILL)
+    return self.source[index]
+
+
+# ---- Checkpoints, through the project's API ----------------------------------------------------
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """The committed checkpoints of a run."""
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), read_only=True)
+  try:
+    return ckpts.steps()
+  finally:
+    ckpts.close()
+
+
+def last_checkpoint_meta(workdir) -> tuple[list[int], dict]:
+  """(committed steps, the newest one's JSON part: data state, schedule, checksum, config)."""
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), read_only=True)
+  try:
+    steps = ckpts.steps()
+    return steps, ckpts.read_meta(steps[-1])
+  finally:
+    ckpts.close()
+
+
+# ---- Subprocesses --------------------------------------------------------------------------
+
+
+def python_env(**extra: str) -> dict[str, str]:
+  """This environment (4 fake CPU devices, the compilation cache) with the repository on
+  PYTHONPATH, so a child imports alexnet_jax from any directory."""
+  path = [str(REPO)] + ([os.environ['PYTHONPATH']] if os.environ.get('PYTHONPATH') else [])
+  return dict(os.environ, PYTHONPATH=os.pathsep.join(path), **extra)
+
+
+def run_python(*args: str, timeout: float = 300, env=None, **kw) -> subprocess.CompletedProcess:
+  """`python ARGS` from the repository root, to completion; output captured as text."""
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env or python_env(),
+                        capture_output=True, text=True, timeout=timeout, **kw)
+
+
+class Process:
+  """`python ARGS` started in the background from the repository root, its stdout and stderr
+  going to `log` (a file, so that no pipe fills while another process is waited on)."""
+
+  def __init__(self, *args: str, log: Path, env=None, **popen):
+    self.log = Path(log)
+    with open(self.log, 'w') as out:
+      self.popen = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env or python_env(),
+                                    stdout=out, stderr=subprocess.STDOUT, **popen)
+
+  @property
+  def pid(self) -> int:
+    return self.popen.pid
+
+  @property
+  def returncode(self) -> int | None:
+    return self.popen.poll()
+
+  def output(self) -> str:
+    return self.log.read_text(errors='replace')
+
+
+def start_main(workdir, *flags: str, log: Path | None = None, **popen) -> Process:
+  """`python -m alexnet_jax.main --workdir=WORKDIR MAIN_FLAGS FLAGS` in the background."""
+  log = log or Path(f'{workdir}.log')
+  return Process('-m', 'alexnet_jax.main', f'--workdir={workdir}', *MAIN_FLAGS, *flags, log=log,
+                 **popen)
+
+
+def wait_all(procs: list[Process], timeout: float, what: str = 'the run') -> list[str]:
+  """Each process's output once all have exited. If any is still running after `timeout`
+  seconds, each is asked for its threads' stacks (SIGUSR1: faulthandler, registered by
+  alexnet_jax.main), all are killed, and the test fails with one line naming where each
+  process was, the stacks below it."""
+  deadline = time.monotonic() + timeout
+  for proc in procs:
+    try:
+      proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      break
+  running = [p for p in procs if p.returncode is None]
+  if not running:
+    return [p.output() for p in procs]
+  for proc in running:
+    proc.popen.send_signal(signal.SIGUSR1)
+  time.sleep(3)  # The handlers write the stacks.
+  for proc in procs:
+    proc.popen.kill()
+    proc.popen.wait()
+  outputs = [p.output() for p in procs]
+  places = [f'process {i} {where_stuck(out) if p in running else "had exited"}'
+            for i, (p, out) in enumerate(zip(procs, outputs))]
+  stacks = '\n\n'.join(f'---- process {i} ----\n{stack_dump(out)}'
+                       for i, out in enumerate(outputs))
+  raise AssertionError(f'{what} hung (no exit after {timeout:.0f} s): {"; ".join(places)}'
+                       f'\n{stacks}')
+
+
+_THREAD = re.compile(r'^(?:Current thread|Thread) 0x[0-9a-f]+', re.M)
+_FRAME = re.compile(r'^\s+File "([^"]+)", line (\d+) in (\S+)', re.M)
+
+
+def stack_dump(output: str) -> str:
+  """The faulthandler dump at the end of a process's output ('' if none)."""
+  start = _THREAD.search(output)
+  return output[start.start():] if start else ''
+
+
+def where_stuck(output: str) -> str:
+  """'in main:53 > train_and_evaluate:432 > evaluate:170 (innermost: ...)': the project's
+  frames of the main thread in the stack dump of `output`, outermost first."""
+  for section in _THREAD.split(stack_dump(output))[1:]:
+    frames = _FRAME.findall(section)  # Innermost first.
+    if any(func == '<module>' for _, _, func in frames):  # The main thread.
+      ours = [f'{func}:{line}' for path, line, func in reversed(frames)
+              if f'{os.sep}alexnet_jax{os.sep}' in path]
+      library = next((f'{func} ({os.path.basename(path)})' for path, _, func in frames), '?')
+      return f'in {" > ".join(ours) or "startup"} (innermost: {library})'
+  return 'in an unknown place (no stack dump)'

@@ -1,0 +1,97 @@
+"""The sources grain reads (digits, prepared, folder, tfds): what they return, their
+statistics, and one-line errors for data that cannot work."""
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from alexnet_jax import datasets
+from alexnet_jax import images
+from alexnet_jax import input_pipeline
+from alexnet_jax import prepare
+import helpers
+from helpers import data_config
+
+
+def test_digits_are_scikit_learns_split_once_and_rendered_as_rgb():
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  raw = load_digits()
+  # Every digit rendered by hand: 0-16 scaled to 0-255, bilinear to 36x36, grey as RGB.
+  rendered = np.stack([np.asarray(Image.fromarray((x * 255 / 16).astype(np.uint8)).resize(
+      (36, 36), Image.BILINEAR)) for x in raw.images]).reshape(len(raw.images), -1)
+  which = {}
+  for split, count in (('train', 1438), ('test', 359)):
+    x, y = datasets.digits(split, 36)
+    assert x.shape == (count, 36, 36, 3) and x.dtype == np.uint8 and y.dtype == np.int32
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])
+    index = {row.tobytes(): k for k, row in enumerate(rendered)}
+    which[split] = [index[image[..., 0].tobytes()] for image in x]  # Each is one digit ...
+    np.testing.assert_array_equal(y, raw.target[which[split]])  # ... with its label.
+  assert sorted(which['train'] + which['test']) == list(range(1797))  # Disjoint, complete.
+
+
+def test_folder_and_prepared_sources_read_the_same_images(photo_folder, tmp_path):
+  config = data_config(source='folder', path=str(photo_folder), image_size=36)
+  folder, stats = datasets.open_source(config.data, 'train')
+  assert stats.classes == helpers.FOLDER_CLASSES and len(folder) == 18
+  files = sorted((photo_folder / 'train').glob('*/*.jpg'))
+  for i in (0, 7, 17):
+    image, label = folder[i]
+    np.testing.assert_array_equal(image, images.load_resized(files[i].read_bytes(), 36))
+    assert helpers.FOLDER_CLASSES[label] == files[i].parent.name
+  prepare.prepare('folder', str(photo_folder), str(tmp_path / 'p'), size=36, fmt='raw',
+                  workers=1, progress=False)
+  prepared, pstats = datasets.open_source(
+      data_config(source='prepared', path=str(tmp_path / 'p'), image_size=36).data, 'train')
+  assert len(prepared) == 18 and pstats.mean_image.shape == (36, 36, 3)
+  for i in range(18):
+    np.testing.assert_array_equal(prepared[i][0], folder[i][0])
+    assert prepared[i][1] == folder[i][1]
+
+
+def test_tfds_data_source_reads_the_records(tmp_path):
+  with tfds.testing.mock_data(num_examples=20):
+    config = data_config(source='tfds', path=str(tmp_path), tfds_name='imagenet2012',
+                         eval_split='validation', mean='rgb')
+    source, stats = datasets.open_source(config.data, 'train')
+    records = tfds.data_source('imagenet2012', split='train', data_dir=str(tmp_path))
+    for i in (0, 19):
+      image, label = source[i]
+      assert label == int(records[i]['label'])
+      np.testing.assert_array_equal(image, images.array_resized(np.asarray(records[i]['image']),
+                                                                36))
+    batch = next(iter(input_pipeline.create(config).train))
+  assert len(stats.classes) == 1000 and stats.classes[281] == 'n02123045'
+  assert batch['image'].shape == (16, 32, 32, 3) and batch['image'].dtype == np.uint8
+
+
+def test_prepared_lighting_uses_the_metadatas_eigenvectors(photo_folder, tmp_path):
+  """Noise covariance = 0.1^2 x the training pixels' covariance from the metadata."""
+  meta = prepare.prepare('folder', str(photo_folder), str(tmp_path / 'p'), size=36, workers=1,
+                         progress=False)
+  c = data_config(source='prepared', path=str(tmp_path / 'p'), eval_split='validation')
+  data = input_pipeline.create(c)
+  aug = input_pipeline.Augment(32, eigval=data.stats.eigval, eigvec=data.stats.eigvec)
+  rng = np.random.default_rng(0)
+  draws = np.stack([aug.lighting(rng) for _ in range(30000)])
+  want = 0.01 * np.asarray(meta['rgb_covariance'])
+  np.testing.assert_allclose(np.cov(draws.T), want, atol=0.03 * np.abs(want).max())
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(source='webdataset'), 'data.source'),
+    (dict(source='prepared', path='/no/such/dir'), 'data.path: no such directory'),
+    (dict(source='prepared', path=''), 'needs a path'),
+    (dict(mean='median'), 'data.mean'),
+    (dict(lighting_std=-1.0), 'data.lighting_std'),
+    (dict(image_size=28), 'do not fit'),
+])
+def test_bad_data_config_is_a_one_line_error(overrides, message):
+  with pytest.raises(datasets.DataError, match=message) as e:
+    input_pipeline.create(data_config(**overrides))
+  assert '\n' not in str(e.value)
+
+
+def test_an_unprepared_directory_is_reported(tmp_path):
+  with pytest.raises(datasets.DataError, match='not a prepared dataset'):
+    input_pipeline.create(data_config(source='prepared', path=str(tmp_path)))

@@ -1,0 +1,46 @@
+"""features: fc7 activations of a folder of images, retrieval by them (figure 4), and its
+command line."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import features
+from alexnet_jax import images
+from alexnet_jax import inference
+from alexnet_jax import input_pipeline
+import helpers
+
+
+def test_fc7_features_and_nearest_neighbour_grid(trained_run, photo_folder, tmp_path):
+  trained = inference.load(str(trained_run[0]))
+  paths = features.image_files(str(photo_folder))
+  twin = tmp_path / 'twin.jpg'  # An exact copy of image 5: its nearest neighbour, at 0.
+  twin.write_bytes(open(paths[5], 'rb').read())
+  paths = paths + [str(twin)]
+  feats, kept = features.extract(trained, paths, batch_size=8)
+  assert kept == paths and feats.shape == (len(paths), trained.net.spec.fc_width)
+  # The rows are the net's fc7 of each image's center crop, as evaluation prepares it.
+  crop = input_pipeline.center_crop(images.load_resized(open(paths[3], 'rb').read(), 36), 32)
+  x = (crop[None].astype(np.float32) - trained.mean) / trained.divide
+  np.testing.assert_allclose(feats[3], np.asarray(trained.net.features(
+      np.concatenate([x, x]), 'fc7'))[0], rtol=1e-5, atol=1e-6)
+  assert features.nearest(feats, [len(paths) - 1], 1)[0, 0] == 5
+  grid = tmp_path / 'grid.png'
+  queries = [0, len(paths) - 1]
+  features.render_grid(paths, [[q, *features.nearest(feats, [q], 3)[0]] for q in queries],
+                       str(grid))
+  assert Image.open(grid).size == (4 * 100 + 12, 2 * 100 + 4)
+
+
+@pytest.mark.slow
+def test_features_command_line(trained_run, photo_folder, tmp_path):
+  out = tmp_path / 'features.npz'
+  ok = helpers.run_python('-m', 'alexnet_jax.features', f'--workdir={trained_run[0]}',
+                          f'--folder={photo_folder}', f'--output={out}',
+                          f'--grid={tmp_path / "grid.png"}', '--queries=2', '--neighbours=3')
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  saved = np.load(out)
+  assert saved['features'].shape == (24, 512) and len(saved['paths']) == 24
+  assert sorted(set(saved['labels'])) == list(helpers.FOLDER_CLASSES)
+  assert Image.open(tmp_path / 'grid.png').size == (4 * 100 + 12, 2 * 100 + 4)
+  assert f'512-d fc7 features of 24 images -> {out}' in ok.stdout

@@ -1,0 +1,57 @@
+"""predict: the top classes of your own image files, by name, and its command line."""
+import numpy as np
+import pytest
+
+from alexnet_jax import datasets
+from alexnet_jax import inference
+from alexnet_jax import predict
+import helpers
+
+
+@pytest.fixture(scope='module')
+def digit_photos(trained_run, tmp_path_factory):
+  """Test digits the run classifies right, saved as 144px JPEG photos: [(path, label)]."""
+  trained = inference.load(str(trained_run[0]))
+  source, _ = datasets.open_source(trained.config.data, 'test')
+  images = np.stack([source[i][0] for i in range(16)])
+  labels = np.asarray([source[i][1] for i in range(16)])
+  probs = np.asarray(inference.probabilities_fn(trained, 1)(images[:, 2:34, 2:34]))
+  right = np.flatnonzero(probs.argmax(-1) == labels)[:2]
+  assert len(right) == 2, 'the trained run classifies fewer than 2 of 16 digits right'
+  folder = tmp_path_factory.mktemp('digits')
+  photos = []
+  for i in right:
+    path = folder / f'digit_{labels[i]}.jpg'
+    path.write_bytes(helpers.jpeg(np.kron(images[i], np.ones((4, 4, 1), np.uint8))))
+    photos.append((str(path), str(labels[i])))
+  return photos
+
+
+def test_predict_names_the_top_classes_and_skips_unreadable_files(trained_run, digit_photos,
+                                                                 tmp_path):
+  trained = inference.load(str(trained_run[0]))
+  broken = tmp_path / 'broken.jpg'
+  broken.write_bytes(b'\xff\xd8 not really a jpeg')
+  (good, label), (other, other_label) = digit_photos
+  paths = [good, str(broken), str(tmp_path / 'missing.png'), other, good]
+  lines = predict.predict(trained, paths, top=5)
+  assert len(lines) == 5 and lines[0] == lines[4]
+  assert lines[1].startswith(f'{broken}: cannot read (')
+  assert lines[2].startswith(f'{tmp_path}/missing.png: cannot read (')
+  for line, want in ((lines[0], label), (lines[3], other_label)):
+    names = line.split(': ', 1)[1].split(', ')
+    assert len(names) == 5 and names[0].split()[0] == want, line  # The right digit first.
+    probs = [float(n.split()[1]) for n in names]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-3
+
+
+@pytest.mark.slow
+def test_predict_command_line(trained_run, digit_photos, tmp_path):
+  (good, label), _ = digit_photos
+  ok = helpers.run_python('-m', 'alexnet_jax.predict', f'--workdir={trained_run[0]}',
+                          '--top=3', '--views=10', good)
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  (line,) = ok.stdout.strip().splitlines()
+  assert line.startswith(f'{good}: {label} ') and line.count(', ') == 2, line
+  none = helpers.run_python('-m', 'alexnet_jax.predict', f'--workdir={trained_run[0]}')
+  assert none.returncode != 0 and 'give one or more image files' in none.stderr
