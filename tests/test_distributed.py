@@ -122,7 +122,10 @@ def test_two_processes_train_exactly_like_one_and_share_checkpoints(tmp_path):
   final_two = json.load(open(two / 'final_metrics.json'))
   assert final_one.keys() == final_two.keys() and '10view_top1_error' in final_one
   for key, value in final_one.items():
-    assert np.isclose(value, final_two[key], rtol=1e-4), key
+    # Parameters agree to float rounding, so an example whose two top classes tie to within
+    # it may flip: error rates may differ by one example in 359.
+    assert np.isclose(value, final_two[key], rtol=1e-4, atol=1.01 / 359 if 'error' in key
+                      else 0), key
 
 
 @pytest.mark.slow
