@@ -66,6 +66,15 @@ def abstract_train_state(net, optim_config, mesh) -> TrainState:
   return TrainState(step=step, params=params, opt_state=jax.tree.map(on_mesh, opt_state))
 
 
+def leaf_shapes(tree) -> dict[str, tuple]:
+  """{'opt_state/inner_state/2/trace/fc6/kernel/value': (shape, dtype name), ...} of a train
+  state, abstract or not, or of a checkpoint's metadata: the same paths for the same state."""
+  def name(key):
+    return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
+  return {'/'.join(map(name, path)): (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def checksum(tree) -> str:
   """SHA-256 of every leaf's bytes, in tree order: the same on any mesh and process count."""
   h = hashlib.sha256()
@@ -134,7 +143,10 @@ class Checkpoints:
                                            temporary_path_class=(
                                                _HeldSave if HOLD_SAVE_ENV in os.environ
                                                else None))
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # The handlers named, so that the state's shapes can be read without restoring it.
+    handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers,
+                                         options=options)
     self._saving = None  # The step of the save in flight.
 
   def save(self, step: int, state, meta: dict, *, val_error: float | None = None) -> None:
@@ -154,10 +166,18 @@ class Checkpoints:
     """The committed checkpoints' steps."""
     return sorted(self.manager.all_steps())
 
-  def unfinished(self) -> list[str]:
-    """The folders of saves that never committed (a run killed while saving); the next run
-    that writes here removes them."""
-    return sorted(p.get().name for p in ocp.utils.tmp_checkpoints(self.directory))
+  def unfinished(self) -> list[int]:
+    """The steps of saves that never committed (a run killed while saving); the next run
+    that writes here removes their folders."""
+    return sorted(int(p.get_final().name) for p in ocp.utils.tmp_checkpoints(self.directory))
+
+  def leaf_shapes(self, step: int) -> dict[str, tuple]:
+    """{path: (shape, dtype)} of every array in checkpoint `step`'s train state, read from its
+    metadata (no array is loaded); compare with `leaf_shapes(abstract_state)`."""
+    try:
+      return leaf_shapes(self.manager.item_metadata(step)['state'])
+    except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
+      raise CheckpointError(f'checkpoint {step} is unreadable ({_reason(e)})') from None
 
   def restore_latest(self, abstract_state):
     """(state, meta) of the newest checkpoint that reads and checks out, or None.

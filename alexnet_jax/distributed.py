@@ -34,7 +34,8 @@ def config() -> ml_collections.ConfigDict:
   return c
 
 
-def _launched_as_several_processes() -> bool:
+def launched_as_several_processes() -> bool:
+  """Whether the environment shows a multi-process launch (see the module doc)."""
   env = os.environ
   if env.get('JAX_COORDINATOR_ADDRESS'):
     return True
@@ -52,7 +53,7 @@ def initialize(c: ml_collections.ConfigDict) -> bool:
                      f'{c.initialize!r}')
   explicit = bool(c.coordinator_address)
   if c.initialize == 'off' or (c.initialize == 'auto' and not explicit and
-                               not _launched_as_several_processes()):
+                               not launched_as_several_processes()):
     return False
   if explicit and (c.num_processes < 1 or not 0 <= c.process_id < c.num_processes):
     raise ValueError(f'distributed: with coordinator_address set, give num_processes >= 1 and '

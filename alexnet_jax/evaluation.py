@@ -1,7 +1,7 @@
 """Loss and top-k errors, the paper's 1- and 10-view probabilities, and the evaluation loop.
 
-Training (the loss and the epoch's validation), `evaluate`, `predict`, `features` and the
-benchmark all take these from here, so evaluation cannot drift between them.
+Training takes its loss and its validation from here; `evaluate`, `predict` (through
+`inference.probabilities_fn`) and the benchmark take the view probabilities and error sums.
 
 The loop keeps at most two steps in flight. XLA:CPU's client runs a computation that spans
 several local devices on a thread pool as large as the machine's cores, and lets 32
@@ -13,10 +13,9 @@ metrics one step late, which bounds it the same way.
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from alexnet_jax import input_pipeline
@@ -77,14 +76,6 @@ def make_eval_step(graphdef, *, num_classes: int, divide: float, crop: int, view
   return eval_step
 
 
-@functools.cache
-def _zero_totals(mesh):
-  """Zeros on every device of `mesh`, made by a compiled program (the same on every process;
-  no host value to agree on)."""
-  return jax.jit(lambda: {k: jnp.zeros((), jnp.float32) for k in TOTALS},
-                 out_shardings=sharding.named(mesh, sharding.REPLICATED))
-
-
 def evaluate(eval_step, params, dataset, mesh, mean, global_batch: int) -> dict[str, float]:
   """Mean loss and top-1/top-5 error of `params` over `dataset` (this process's rows of
   padded, masked global batches), the same on every process.
@@ -92,7 +83,8 @@ def evaluate(eval_step, params, dataset, mesh, mean, global_batch: int) -> dict[
   Every process dispatches the same programs in the same order, one per batch, and waits for
   batch i-1 before dispatching batch i+1 (the module doc says why).
   """
-  totals = _zero_totals(mesh)()
+  zero = np.zeros((), np.float32)
+  totals = {k: jax.device_put(zero, sharding.named(mesh, sharding.REPLICATED)) for k in TOTALS}
   previous = None
   batches = input_pipeline.global_batches(dataset, mesh, global_batch)
   while True:
@@ -101,9 +93,11 @@ def evaluate(eval_step, params, dataset, mesh, mean, global_batch: int) -> dict[
     except StopIteration:
       break
     except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
-      raise input_pipeline.failure(e, 'during evaluation') from e
+      raise input_pipeline.input_error(e, 'during evaluation') from e
     totals, previous = eval_step(totals, params, batch, mean), totals
     jax.block_until_ready(previous)
   totals = {k: float(v) for k, v in jax.device_get(totals).items()}
   count = totals.pop('count')
+  if not count:
+    raise ValueError('evaluation: the evaluation data holds no examples')
   return {k: v / count for k, v in totals.items()}

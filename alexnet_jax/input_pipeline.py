@@ -33,7 +33,7 @@ class InputError(RuntimeError):
   """The input pipeline, or one of its worker processes, failed (one line)."""
 
 
-def failure(e: Exception, when: str) -> InputError:
+def input_error(e: Exception, when: str) -> InputError:
   """What a run reports when its input pipeline raised `e` (in a worker or here)."""
   reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
   return InputError(f'data: the input pipeline failed {when}: {reason}')

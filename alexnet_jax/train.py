@@ -180,12 +180,6 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
   optim.create(config.optim)
 
 
-# The fields a checkpoint's train state depends on: the net, and the optimizer options that
-# add parts to the optimizer's state.
-RESUME_FIELDS = ('model.', 'optim.bias_lr_multiplier', 'optim.bias_weight_decay',
-                 'optim.pretrained_lr_multiplier', 'optim.new_layers')
-
-
 def _flat(tree: dict, prefix: str = '') -> dict[str, Any]:
   out = {}
   for key, value in tree.items():
@@ -196,22 +190,31 @@ def _flat(tree: dict, prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def check_resumable(config: ml_collections.ConfigDict, checkpoints) -> None:
-  """Fails in one line, touching nothing, when the newest checkpoint was written by another
-  net or optimizer than `config` describes (its JSON part holds the run's config)."""
+def check_resumable(config: ml_collections.ConfigDict, checkpoints, state) -> None:
+  """Fails in one line, touching nothing, when the newest checkpoint holds another train state
+  than `state` (another net, or an optimizer with other parts), naming what differs and the
+  config fields that differ from those of the run that wrote it. Anything that leaves the
+  state's shapes alone (compute dtype, dropout, the data, the schedule) may change."""
   steps = checkpoints.steps()
   if not steps:
     return
   try:
+    theirs = checkpoints.leaf_shapes(steps[-1])
     saved = _flat(json.loads(checkpoints.read_meta(steps[-1])['config']))
-  except (checkpoint_lib.CheckpointError, KeyError, ValueError):
-    return  # Damaged: restore_latest reports it and falls back.
-  ours = _flat(json.loads(config.to_json()))
-  for name in sorted(ours):
-    if name.startswith(RESUME_FIELDS) and saved.get(name) != ours[name]:
-      raise ValueError(f'{name}: {ours[name]!r}, but the checkpoints in '
-                       f'{checkpoints.directory} were written with {saved.get(name)!r}; '
-                       'resume with the same setting, or use another --workdir')
+  except checkpoint_lib.CheckpointError:
+    return  # Damaged: restore_latest reports it and falls back to the one before.
+  ours = checkpoint_lib.leaf_shapes(state)
+  if theirs == ours:
+    return
+  path = next(p for p in sorted(set(theirs) | set(ours)) if theirs.get(p) != ours.get(p))
+  shape = lambda leaf: 'nothing' if leaf is None else f'{leaf[1]}{list(leaf[0])}'
+  fields = [k for k, v in sorted(_flat(json.loads(config.to_json())).items())
+            if k.startswith(('model.', 'optim.')) and k in saved and saved[k] != v]
+  raise ValueError(
+      f'checkpoint: the checkpoints in {checkpoints.directory} hold another train state '
+      f'({path} is {shape(theirs.get(path))} there, {shape(ours.get(path))} here; this '
+      f'config differs from theirs in {", ".join(fields) or "no model or optim field"}); '
+      'resume with their settings, or use another --workdir')
 
 
 # ---- The loop ---------------------------------------------------------------------------------
@@ -277,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                            keep=config.checkpoint_keep)
   history_path = os.path.join(workdir, 'metrics.jsonl')
-  check_resumable(config, checkpoints)
+  check_resumable(config, checkpoints, state)
   restored = checkpoints.restore_latest(state)
   if restored is None and checkpoints.steps():
     raise TrainingError(f'checkpoint: none of the checkpoints in {checkpoints.directory} '
@@ -324,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
       if preemption.signalled:  # SIGTERM to the process group also stops grain's workers.
         return None
-      raise input_pipeline.failure(e, f'before step {step + 1}') from e
+      raise input_pipeline.input_error(e, f'before step {step + 1}') from e
 
   try:
     with _Preemption() as preemption:

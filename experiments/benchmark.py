@@ -85,7 +85,8 @@ def jax_worker(name: str, batch: int, steps: int, dtype: str) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import alexnet_jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import evaluation, input_pipeline, sharding, train  # pylint: disable=all
+  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import evaluation, input_pipeline, sharding, train
 
   model_cfg, optim_cfg, divide, _ = model_config(name, dtype)
   mesh = sharding.single_device_mesh()  # One device runs both towers.

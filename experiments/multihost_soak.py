@@ -49,9 +49,11 @@ def main() -> None:
   parser.add_argument('--runs', type=int, default=10, help='how many runs in a row')
   parser.add_argument('--record', action='store_true',
                       help='append the table to experiments/RELIABILITY.md')
-  parser.add_argument('--note', default='quiet: nothing else was running',
-                      help='what else ran on the machine, for the record')
+  parser.add_argument('--note', default='',
+                      help='with --record: what else ran on the machine (say "nothing")')
   args = parser.parse_args()
+  if args.record and not args.note:
+    parser.error('--record needs --note: what else ran on the machine while it measured')
   rows = []
   for i in range(1, args.runs + 1):
     outcome, seconds, why = run_once()

@@ -3,7 +3,9 @@ read through the project's own API, and the project's commands run as subprocess
 directory; a run that hangs fails in one line saying where each process was)."""
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import re
 import signal
@@ -166,23 +168,45 @@ class BreakingSource:
 # ---- Checkpoints, through the project's API ----------------------------------------------------
 
 
-def checkpoint_steps(workdir) -> list[int]:
-  """The committed checkpoints of a run."""
+@contextlib.contextmanager
+def read_checkpoints(workdir):
+  """A run's checkpoints, read only (as evaluate does beside a running job)."""
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), read_only=True)
   try:
-    return ckpts.steps()
+    yield ckpts
   finally:
     ckpts.close()
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """The committed checkpoints of a run."""
+  with read_checkpoints(workdir) as ckpts:
+    return ckpts.steps()
+
+
+def unfinished_saves(workdir) -> list[int]:
+  """The steps whose save was cut short (written, never committed)."""
+  with read_checkpoints(workdir) as ckpts:
+    return ckpts.unfinished()
 
 
 def last_checkpoint_meta(workdir) -> tuple[list[int], dict]:
   """(committed steps, the newest one's JSON part: data state, schedule, checksum, config)."""
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), read_only=True)
-  try:
+  with read_checkpoints(workdir) as ckpts:
     steps = ckpts.steps()
     return steps, ckpts.read_meta(steps[-1])
-  finally:
-    ckpts.close()
+
+
+def metrics_rows(workdir) -> list[dict]:
+  """The lines of a run's metrics.jsonl (a line cut short by a kill is left out)."""
+  path = Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  return [json.loads(l) for l in path.read_text().splitlines() if l.endswith('}')]
+
+
+def train_steps_logged(workdir) -> list[int]:
+  return [r['step'] for r in metrics_rows(workdir) if 'train_loss' in r]
 
 
 # ---- Subprocesses --------------------------------------------------------------------------
@@ -246,7 +270,9 @@ def wait_all(procs: list[Process], timeout: float, what: str = 'the run') -> lis
     return [p.output() for p in procs]
   for proc in running:
     proc.popen.send_signal(signal.SIGUSR1)
-  time.sleep(3)  # The handlers write the stacks.
+  deadline = time.monotonic() + 10  # The handlers write the stacks.
+  while time.monotonic() < deadline and not all(stack_dump(p.output()) for p in running):
+    time.sleep(0.1)
   for proc in procs:
     proc.popen.kill()
     proc.popen.wait()
@@ -277,6 +303,6 @@ def where_stuck(output: str) -> str:
     if any(func == '<module>' for _, _, func in frames):  # The main thread.
       ours = [f'{func}:{line}' for path, line, func in reversed(frames)
               if f'{os.sep}alexnet_jax{os.sep}' in path]
-      library = next((f'{func} ({os.path.basename(path)})' for path, _, func in frames), '?')
-      return f'in {" > ".join(ours) or "startup"} (innermost: {library})'
+      innermost = next((f'{func} ({os.path.basename(path)})' for path, _, func in frames), '?')
+      return f'in {" > ".join(ours) or "startup"} (innermost: {innermost})'
   return 'in an unknown place (no stack dump)'

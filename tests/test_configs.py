@@ -25,11 +25,11 @@ CONFIGS = {
 def test_every_config_loads_and_validates(spec):
   config = helpers.load_config(spec)
   train.check_config(config, sharding.make_mesh(config.model.towers))
-  net = alexnet_jax.ModelSpec.from_config(config.model)
-  assert net.param_count() == CONFIGS[spec]
+  model = alexnet_jax.ModelSpec.from_config(config.model)
+  assert model.param_count() == CONFIGS[spec]
   variant = spec.partition(':')[2]
   if spec.startswith('paper.py'):
-    assert net.variant == (variant or 'paper') and config.num_epochs == 90
+    assert model.variant == (variant or 'paper') and config.num_epochs == 90
     assert config.batch_size == 128 and config.optim.base_lr == 0.01
   if spec.startswith('transfer.py'):
     assert config.optim.pretrained_lr_multiplier == (0.0 if variant == 'head' else 0.1)

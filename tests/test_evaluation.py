@@ -1,5 +1,7 @@
 """Loss and top-k errors, and the evaluation loop: exact sums over the valid examples of
 padded batches, never more than two steps in flight (the multi-process hang of issue 14)."""
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ from alexnet_jax import sharding
 from helpers import small_config
 
 
-def test_loss_and_errors_on_tower_split_logits():
+def test_loss_and_errors_by_hand():
   logits = np.random.default_rng(1).normal(size=(8, 10)).astype(np.float32)
   labels = np.arange(8) % 10
   loss, top1, top5 = jax.jit(evaluation.loss_and_errors, static_argnums=2)(logits, labels, 10)
@@ -24,8 +26,9 @@ def test_loss_and_errors_on_tower_split_logits():
   np.testing.assert_array_equal(top5, ranks >= 5)
 
 
-def eval_setup(examples=37, views=1):
-  """A small net on a (2 data x 2 tower) mesh, random 36x36 images, padded batches of 8."""
+def eval_setup(examples=37, views=1) -> types.SimpleNamespace:
+  """A small net on a (2 data x 2 tower) mesh, random 36x36 images, padded batches of 8,
+  and the evaluation step and loop arguments."""
   mesh = sharding.make_mesh(2)
   net = alexnet_jax.create_model(small_config(image_size=32, conv1_stride=1), seed=4,
                                  mesh=mesh)
@@ -38,16 +41,18 @@ def eval_setup(examples=37, views=1):
   step = evaluation.make_eval_step(graphdef, num_classes=10, divide=50.0, crop=32, views=views)
   mean = jax.device_put(np.full((32, 32, 3), 120.0, np.float32),
                         sharding.named(mesh, sharding.REPLICATED))
-  return net, mesh, images, labels, dataset, step, params, mean
+  return types.SimpleNamespace(net=net, mesh=mesh, images=images, labels=labels,
+                               dataset=dataset, step=step, params=params, mean=mean)
 
 
 def test_evaluate_averages_over_the_valid_examples_only():
   """37 examples in batches of 8: the last batch's 3 padding rows count for nothing."""
-  net, mesh, images, labels, dataset, step, params, mean = eval_setup()
-  got = evaluation.evaluate(step, params, dataset, mesh, mean, 8)
-  crops = input_pipeline.center_crop(images.transpose(1, 2, 0, 3), 32).transpose(2, 0, 1, 3)
+  e = eval_setup()
+  got = evaluation.evaluate(e.step, e.params, e.dataset, e.mesh, e.mean, 8)
+  crops = input_pipeline.center_crop(e.images.transpose(1, 2, 0, 3), 32).transpose(2, 0, 1, 3)
   x = np.concatenate([crops, crops[:1]]).astype(np.float32)  # 38 rows: 2 data shards.
-  logits = np.asarray(net((x - 120.0) / 50.0), np.float64)[:37]
+  logits = np.asarray(e.net((x - 120.0) / 50.0), np.float64)[:37]
+  labels = e.labels
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   rank = (logits > logits[np.arange(37), labels][:, None]).sum(-1)
   want = {'loss': -logp[np.arange(37), labels].mean(), 'top1_error': (rank >= 1).mean(),
@@ -60,15 +65,16 @@ def test_evaluate_averages_over_the_valid_examples_only():
 def test_evaluate_keeps_at_most_two_steps_in_flight():
   """Before batch i+1 is dispatched, batch i-1 has finished: on a 2-core machine, more than
   about 32 computations in flight across processes deadlock XLA:CPU (evaluation.py)."""
-  _, mesh, _, _, dataset, step, params, mean = eval_setup(examples=80, views=10)
+  e = eval_setup(examples=80, views=10)
   ready_at_dispatch = []
   results = []
 
   def keeping_step(totals, *args):
     ready_at_dispatch.append(all(o.is_ready() for o in results[:-1]))
-    out = step(totals, *args)
+    out = e.step(totals, *args)
     results.append(out['count'])
     return out
 
-  assert evaluation.evaluate(keeping_step, params, dataset, mesh, mean, 8)['top1_error'] <= 1
+  assert evaluation.evaluate(keeping_step, e.params, e.dataset, e.mesh, e.mean, 8)[
+      'top1_error'] <= 1
   assert len(ready_at_dispatch) == 10 and all(ready_at_dispatch), ready_at_dispatch

@@ -40,7 +40,11 @@ def test_features_command_line(trained_run, photo_folder, tmp_path):
                           f'--grid={tmp_path / "grid.png"}', '--queries=2', '--neighbours=3')
   assert ok.returncode == 0, ok.stderr[-3000:]
   saved = np.load(out)
-  assert saved['features'].shape == (24, 512) and len(saved['paths']) == 24
-  assert sorted(set(saved['labels'])) == list(helpers.FOLDER_CLASSES)
+  paths = features.image_files(str(photo_folder))
+  assert saved['paths'].tolist() == paths
+  assert saved['labels'].tolist() == [p.split('/')[-2] for p in paths]
+  want, _ = features.extract(inference.load(str(trained_run[0])), paths)
+  np.testing.assert_allclose(saved['features'], want, rtol=1e-5, atol=1e-6)
+  assert want.shape == (24, 512)
   assert Image.open(tmp_path / 'grid.png').size == (4 * 100 + 12, 2 * 100 + 4)
   assert f'512-d fc7 features of 24 images -> {out}' in ok.stdout

@@ -31,14 +31,6 @@ def finish(proc: helpers.Process) -> tuple[int, str]:
   return proc.returncode, out
 
 
-def train_steps_logged(workdir) -> list[int]:
-  path = workdir / 'metrics.jsonl'
-  if not path.exists():
-    return []
-  rows = [json.loads(l) for l in path.read_text().splitlines() if l.endswith('}')]
-  return [r['step'] for r in rows if 'train_loss' in r]
-
-
 def wait_for(condition, proc: helpers.Process, what: str):
   deadline = time.time() + TIMEOUT_S
   while not condition():
@@ -46,14 +38,6 @@ def wait_for(condition, proc: helpers.Process, what: str):
         proc.output()[-2000:]
     assert time.time() < deadline, f'no {what} after {TIMEOUT_S} s'
     time.sleep(0.02)
-
-
-def unfinished_saves(workdir) -> list[str]:
-  ckpts = checkpoint.Checkpoints(str(workdir / 'checkpoints'), read_only=True)
-  try:
-    return ckpts.unfinished()
-  finally:
-    ckpts.close()
 
 
 def test_main_runs_the_default_job(tmp_path):
@@ -115,24 +99,24 @@ def test_kill_9_inside_saves_and_steps_loses_nothing(tmp_path, uninterrupted):
       wait_for(lambda: f'holding the save of step {step}' in proc.output(), proc,
                f'the held save of step {step}')
     else:
-      wait_for(lambda: step in train_steps_logged(tmp_path), proc, f'step {step}')
+      wait_for(lambda: step in helpers.train_steps_logged(tmp_path), proc, f'step {step}')
     os.killpg(proc.pid, signal.SIGKILL)
     finish(proc)
     if committed:  # The restart took the newest committed checkpoint.
       assert f'resumed from step {committed[-1]}' in proc.output(), proc.output()[-3000:]
     if kind == 'save':  # The held save: written, never committed.
       assert step not in helpers.checkpoint_steps(tmp_path)
-      assert unfinished_saves(tmp_path) == [f'{step}.orbax-checkpoint-tmp']
+      assert helpers.unfinished_saves(tmp_path) == [step]
 
   committed = helpers.checkpoint_steps(tmp_path)
   assert committed[-1] >= 5 * epoch  # Steps were saved after the last held save.
   code, out = finish(start(tmp_path, f'--config.num_epochs={EPOCHS}'))
   assert code == 0 and f'resumed from step {committed[-1]}' in out, out[-3000:]
-  assert not unfinished_saves(tmp_path)  # Half-written saves were cleaned up.
+  assert not helpers.unfinished_saves(tmp_path)  # Half-written saves were cleaned up.
   steps, meta = helpers.last_checkpoint_meta(tmp_path)
   assert steps[-1] == epoch * EPOCHS
   assert meta['checksum'] == uninterrupted  # Bit-identical parameters and optimizer state.
-  assert train_steps_logged(tmp_path) == list(range(1, epoch * EPOCHS + 1))
+  assert helpers.train_steps_logged(tmp_path) == list(range(1, epoch * EPOCHS + 1))
 
 
 @pytest.mark.parametrize('workers,group', [(0, False), (2, True)],
@@ -143,7 +127,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tmp_path, uninterrupte
   workers included, as schedulers send it: a checkpoint, exit 75, an exact resume."""
   flags = (f'--config.num_epochs={EPOCHS}', f'--config.data.workers={workers}')
   proc = start(tmp_path, *flags, start_new_session=group)
-  wait_for(lambda: len(train_steps_logged(tmp_path)) >= 2, proc, 'step 2')
+  wait_for(lambda: len(helpers.train_steps_logged(tmp_path)) >= 2, proc, 'step 2')
   if group:
     os.killpg(proc.pid, signal.SIGTERM)
   else:
@@ -180,4 +164,4 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
   assert code == 0 and f'resumed from step {STEPS_PER_EPOCH}' in out, out[-3000:]
   # The newest is kept whatever the validation errors were (the best may be kept beside it).
   assert helpers.checkpoint_steps(tmp_path)[-1] == 2 * STEPS_PER_EPOCH
-  assert not unfinished_saves(tmp_path)
+  assert not helpers.unfinished_saves(tmp_path)

@@ -1,13 +1,12 @@
 """The notebooks run top to bottom on a CPU, in their tiny setting, and are kept without
 outputs (issue 7)."""
-import os
-
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         'notebooks')
+import helpers
+
+NOTEBOOKS = str(helpers.REPO / 'notebooks')
 
 
 @pytest.mark.slow
@@ -17,7 +16,8 @@ def test_notebook_runs_on_cpu(name, tmp_path, monkeypatch):
   # The notebooks keep their work under tempfile.gettempdir(), where a rerun resumes: give
   # each run its own, so that nothing from an earlier version's run is picked up.
   monkeypatch.setenv('TMPDIR', str(tmp_path))
-  path = os.path.join(NOTEBOOKS, f'{name}.ipynb')
+  monkeypatch.setenv('PYTHONPATH', helpers.python_env()['PYTHONPATH'])
+  path = f'{NOTEBOOKS}/{name}.ipynb'
   notebook = nbformat.read(path, as_version=4)
   assert all(not cell.get('outputs') and not cell.get('execution_count')
              for cell in notebook.cells if cell.cell_type == 'code'), 'strip the outputs'

@@ -47,8 +47,26 @@ def test_update_rule_matches_the_paper_across_a_learning_rate_drop(bias_lr_multi
                                lr_mult=bias_lr_multiplier if is_bias else 1.0,
                                decay=bias_weight_decay or not is_bias)
       np.testing.assert_allclose(params['fc6'][k], ref[k][0], rtol=1e-5, atol=1e-7)
-  # optax's sgd keeps eps outside the buffer: after the drops it differs from the paper.
-  assert float(optim.learning_rate(state)) == pytest.approx(1e-4)
+  assert float(optim.learning_rate(state)) == pytest.approx(1e-4)  # The last one set.
+
+
+def test_optax_sgd_takes_another_step_right_after_a_drop():
+  """optax's sgd keeps eps outside the momentum buffer (v <- 0.9 v + g; w <- w - eps v): after
+  eps drops from 0.01 to 0.001, the paper's step is -0.009 g - 0.001 g = -0.01 g, sgd's
+  -0.001 * 1.9 g. Hence optim.py's own chain."""
+  config = optim.config()
+  config.weight_decay = 0.0
+  params, grads = {'w': np.zeros(3, np.float32)}, {'w': np.ones(3, np.float32)}
+  sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=0.01, momentum=0.9)
+  steps = {}
+  for name, tx in (('paper', optim.create(config)), ('sgd', sgd)):
+    state = tx.init(params)
+    for lr in (0.01, 0.001):
+      state.hyperparams['learning_rate'] = jnp.asarray(lr)
+      updates, state = tx.update(grads, state, params)
+    steps[name] = np.asarray(updates['w'])
+  np.testing.assert_allclose(steps['paper'], -0.01, rtol=1e-6)
+  np.testing.assert_allclose(steps['sgd'], -0.0019, rtol=1e-6)
 
 
 def test_bias_options_reach_the_models_own_parameters():

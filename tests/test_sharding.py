@@ -43,10 +43,11 @@ def _groups(line: str) -> frozenset:
 def compiled_afresh():
   """The persistent compilation cache (conftest) keys programs without their metadata, so a
   program cached before a layer was renamed would show the old names: compile here."""
+  enabled = jax.config.jax_enable_compilation_cache
   jax.config.update('jax_enable_compilation_cache', False)
   compilation_cache.reset_cache()
   yield
-  jax.config.update('jax_enable_compilation_cache', True)
+  jax.config.update('jax_enable_compilation_cache', enabled)
   compilation_cache.reset_cache()
 
 

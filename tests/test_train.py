@@ -21,16 +21,12 @@ import helpers
 from helpers import train_config
 
 
-def metrics_rows(workdir):
-  return [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
-
-
 def test_train_writes_metrics_checkpoints_and_plots(tmp_path):
   final = train.train_and_evaluate(train_config(), str(tmp_path))
   assert final['step'] == 6
   for key in ('1view_top1_error', '1view_top5_error', '10view_top1_error', '10view_top5_error'):
     assert 0 <= final[key] <= 1
-  rows = metrics_rows(tmp_path)
+  rows = helpers.metrics_rows(tmp_path)
   assert [r['step'] for r in rows if 'val_top1_error' in r] == [3, 6]
   train_rows = [r for r in rows if 'train_loss' in r]
   assert [r['step'] for r in train_rows] == list(range(1, 7))
@@ -67,7 +63,7 @@ def test_plateau_schedule_drops_in_the_loop_and_resumes_between_drops(tmp_path):
   train.train_and_evaluate(config(6), str(tmp_path / 'resumed'))
   b = 0.02
   for run in ('straight', 'resumed'):
-    lrs = [r['lr'] for r in metrics_rows(tmp_path / run) if 'train_loss' in r]
+    lrs = [r['lr'] for r in helpers.metrics_rows(tmp_path / run) if 'train_loss' in r]
     np.testing.assert_allclose(lrs, [b, b, b / 10, b / 100, b / 1000, b / 1000], rtol=1e-6)
   (_, straight), (_, resumed) = (helpers.last_checkpoint_meta(tmp_path / 'straight'),
                                  helpers.last_checkpoint_meta(tmp_path / 'resumed'))
@@ -92,9 +88,11 @@ def test_bad_config_fails_before_training_in_one_line(tmp_path, overrides, messa
 
 
 @pytest.mark.parametrize('overrides,message', [
-    ({'model.width': 0.25}, r'model\.width: 0\.25, but the checkpoints in .* were written '
-                            r'with 0\.125; resume with the same setting'),
-    ({'optim.bias_lr_multiplier': 2.0}, r'optim\.bias_lr_multiplier: 2\.0, but'),
+    ({'model.width': 0.25}, r'checkpoint: the checkpoints in .* hold another train state '
+                            r'\(opt_state/.*/conv1/bias/value is float32\[2, 6\] there, '
+                            r'float32\[2, 12\] here; this config differs from theirs in '
+                            r'model\.width\); resume with their settings'),
+    ({'optim.bias_lr_multiplier': 2.0}, r'differs from theirs in optim\.bias_lr_multiplier\)'),
 ])
 def test_resuming_with_another_net_fails_in_one_line_and_touches_nothing(tmp_path, overrides,
                                                                          message):
@@ -108,12 +106,22 @@ def test_resuming_with_another_net_fails_in_one_line_and_touches_nothing(tmp_pat
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == files
 
 
+def test_what_leaves_the_state_alone_may_change_on_resume(tmp_path):
+  """Dropout and the compute dtype change no parameter or buffer: the run resumes."""
+  train.train_and_evaluate(train_config(num_epochs=1), str(tmp_path))
+  final = train.train_and_evaluate(train_config(**{
+      'model.dropout_rate': 0.3, 'model.compute_dtype': 'bfloat16'}), str(tmp_path))
+  assert final['step'] == 6 and helpers.checkpoint_steps(tmp_path) == [3, 6]
+
+
 def test_a_checkpoint_of_another_class_count_is_refused(tmp_path, photo_folder):
   folder = {'data.source': 'folder', 'data.path': str(photo_folder), 'data.mean': 'rgb',
             'data.eval_split': 'validation', 'model.num_classes': 3,
             'model.fc8_per_tower': False}
   train.train_and_evaluate(train_config(num_epochs=1, **folder), str(tmp_path))
-  with pytest.raises(ValueError, match=r'model\.num_classes: 10, but the checkpoints in '):
+  with pytest.raises(ValueError, match=r'fc8/bias/value is float32\[1, 3\] there, float32'
+                                       r'\[1, 10\] here; this config differs from theirs in '
+                                       r'model\.num_classes\)'):
     train.train_and_evaluate(train_config(**{'model.fc8_per_tower': False}), str(tmp_path))
 
 
@@ -143,7 +151,7 @@ def test_transfer_trains_a_new_head_on_photos_and_freezes_the_rest(trained_run, 
     for k in ('kernel', 'bias'):
       np.testing.assert_array_equal(after[layer][k][...], before[layer][k][...])
   assert after['fc8']['kernel'][...].shape[-1] == 3
-  losses = [r['train_loss'] for r in metrics_rows(tmp_path / 'transfer') if 'train_loss' in r]
+  losses = [r['train_loss'] for r in helpers.metrics_rows(tmp_path / 'transfer') if 'train_loss' in r]
   # It learns, from digit features, to tell cats, coffee and rockets apart: the loss falls
   # (measured: 1.10 -> about 0.85 over 50 steps) and the held-out photos are classified
   # better than chance (measured: all 6 right).
@@ -217,7 +225,7 @@ def test_non_finite_steps_then_a_clean_stop(tmp_path):
   with pytest.raises(train.TrainingError, match='steps in a row had a non-finite') as e:
     train.train_and_evaluate(config, str(tmp_path))
   assert '\n' not in str(e.value)
-  rows = metrics_rows(tmp_path)
+  rows = helpers.metrics_rows(tmp_path)
   assert max(r.get('nonfinite_steps', 0) for r in rows) == 3
   # Step 1's update is huge but finite; steps 2 and 3 overflow and are skipped, so the end of
   # epoch 1 saves step 1's parameters: finite, as every saved checkpoint is.
