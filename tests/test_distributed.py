@@ -170,13 +170,15 @@ def test_a_hung_process_is_reported_with_where_it_was(tmp_path):
   """What the timeout of the tests above prints: one line naming each process's place in
   the project's code, then the stacks (faulthandler, on SIGUSR1, in alexnet_jax.main)."""
   stuck = ('import sys, time; from absl import app; from alexnet_jax import main, train; '
-           'train.train_and_evaluate = lambda config, workdir: time.sleep(600); '
-           'sys.argv = ["main"]; app.run(main.main)')
+           'train.train_and_evaluate = lambda config, workdir: (print("stuck", flush=True), '
+           'time.sleep(600)); sys.argv = ["main"]; app.run(main.main)')
   procs = [helpers.Process('-c', stuck, log=tmp_path / f'{i}.log') for i in range(2)]
-  # Long enough for both to start (imports) and register the handler on a loaded machine.
+  deadline = time.time() + TIMEOUT_S
+  while time.time() < deadline and not all('stuck' in p.output() for p in procs):
+    time.sleep(0.1)  # Both have started and registered the handler.
   with pytest.raises(AssertionError) as e:
-    helpers.wait_all(procs, 60, 'the stuck run')
+    helpers.wait_all(procs, 1, 'the stuck run')
   first, *rest = str(e.value).splitlines()
-  assert first.startswith('the stuck run hung (no exit after 60 s): process 0 in main:'), first
+  assert first.startswith('the stuck run hung (no exit after 1 s): process 0 in main:'), first
   assert '; process 1 in main:' in first and '(innermost: <lambda> (<string>))' in first, first
   assert any('---- process 1 ----' == line for line in rest)
