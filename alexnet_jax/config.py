@@ -52,9 +52,12 @@ def model_fields() -> ml_collections.ConfigDict:
   c.cross_tower = True  # conv3, fc6, fc7 read both towers (s1); False: run 150 (s5.1).
   c.skip_conv4 = False  # No conv4: conv3 feeds conv5 (s5: a middle layer removed).
   c.fc8_per_tower = True  # fc8 split over the towers; s2.7: one fc8 reading both.
+  # Weight init: 'gaussian', N(0, weight_std^2) (s1); 'he', std sqrt(2 / fan_in) for conv1..fc7
+  # and weight_std for fc8 (small nets that must train in minutes); 'pytorch', torch.nn's
+  # default U(+-1/sqrt(fan_in)) for weights and biases (torchvision).
+  c.init = 'gaussian'
   c.weight_std = (0.01,) * 8  # Gaussian init std, conv1..fc8 (s1; s2.5: 0.03 for conv3-5).
   c.bias_init = (0., 1., 0., 1., 1., 1., 1., 0.)  # Bias init, conv1..fc8 (s1).
-  c.pytorch_init = False  # PyTorch's default uniform(+-1/sqrt(fan_in)) init (torchvision).
   c.compute_dtype = 'float32'  # Activations' dtype; parameters are always float32.
   c.weights_layout = 'caffe'  # State-dict keys: 'caffe' (conv1..fc8) or 'torchvision' (s6).
   return c
@@ -102,7 +105,7 @@ def optim_fields() -> ml_collections.ConfigDict:
   # Transfer learning: the rate of every layer outside `new_layers`, times eps. 0 trains the
   # new layers alone (the others frozen, decay included); 0.1 fine-tunes everything.
   c.pretrained_lr_multiplier = 1.0
-  c.new_layers = ('fc8',)
+  c.new_layers = ('fc8',)  # The layers that start fresh (transfer.source).
   return c
 
 

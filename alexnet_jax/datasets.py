@@ -7,6 +7,7 @@ ImageNet, as the paper stores it); crops to the net's input happen in `input_pip
   prepared  the output of `python -m alexnet_jax.prepare` (the fast path for real data).
   folder    `path/<split>/<class>/*.jpg` read and resized on the fly.
   tfds      a tensorflow-datasets dataset prepared under `path`, read with tfds.data_source.
+  auto      `prepared` if `path` holds a prepared dataset's metadata, else `folder`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import functools
 import json
 import os
 
-import ml_collections
 
 import numpy as np
 from PIL import Image
@@ -24,7 +24,11 @@ from PIL import Image
 from alexnet_jax import images
 from alexnet_jax import prepare
 
-SOURCES = ('digits', 'prepared', 'folder', 'tfds')
+SOURCES = ('digits', 'prepared', 'folder', 'tfds', 'auto')
+EVAL_SPLITS = ('validation', 'test')  # An image folder's val/ is its 'validation'.
+# Pixel statistics of an image folder read directly come from this many of its training
+# images, spread evenly over it.
+FOLDER_STATS_SAMPLE = 256
 DIGITS_TEST_FRACTION = 0.2  # A fixed 80/20 split of scikit-learn's 1797 digits.
 
 # ImageNet's RGB statistics in 0-255 units (paper.md s4): the code's per-axis lighting scales
@@ -84,25 +88,6 @@ class ArraySource:
 
   def __getitem__(self, i: int):
     return self.images[i], int(self.labels[i])
-
-
-def config() -> ml_collections.ConfigDict:
-  """The `data` section of a config: every field with its meaning."""
-  c = ml_collections.ConfigDict()
-  c.source = 'digits'  # One of SOURCES.
-  c.path = ''  # Prepared dir, image-folder root, or tfds data_dir.
-  c.tfds_name = 'imagenet2012'  # With source='tfds'.
-  c.train_split = 'train'  # Split trained on.
-  c.eval_split = 'validation'  # Split evaluated on ('test' for digits).
-  c.image_size = 256  # Side of the stored images; crops take model.image_size (s4).
-  c.flip = True  # Random horizontal reflections (s4).
-  c.lighting_std = 0.1  # PCA lighting alpha ~ N(0, 0.1); 0 turns it off (s4).
-  c.mean = 'image'  # Subtract the per-pixel mean image ('image', the code) or per channel ('rgb').
-  c.divide = 1.0  # Divide normalized crops by this (the code: 1.1).
-  c.normalize_on_host = False  # Mean and lighting in the workers, not in the jitted step.
-  c.workers = 0  # grain worker processes (0: in the main process).
-  c.prefetch = 2  # Batches buffered per worker / threads reading ahead.
-  return c
 
 
 @functools.lru_cache(maxsize=1)
@@ -189,10 +174,12 @@ class FolderSource:
   """`root/<split>/<class>/<image>` decoded and resized on every read (prefer `prepare`)."""
 
   def __init__(self, root: str, split: str, size: int):
-    classes, splits = prepare.list_folder(root)
+    classes, splits = list_folder(root)
     if split not in splits:
       raise DataError(f'data.path: {root!r} has no {split!r} folder')
     self.classes, self.items, self.size = classes, splits[split], size
+
+
 
   def __len__(self) -> int:
     return len(self.items)
@@ -206,6 +193,16 @@ class FolderSource:
     except images.BadImage as e:
       raise DataError(f'data: unreadable image {item.path!r} ({e}); run '
                       'alexnet_jax.prepare to skip such files') from None
+
+
+@functools.lru_cache(maxsize=4)
+def _folder_stats(root: str, split: str, size: int) -> Stats:
+  """Pixel statistics of up to FOLDER_STATS_SAMPLE of a folder's images, spread evenly over
+  it, as `prepare` computes them for all (read once per process)."""
+  folder = FolderSource(root, split, size)
+  step = max(1, len(folder) // FOLDER_STATS_SAMPLE)
+  sample = np.stack([folder[i][0] for i in range(0, len(folder), step)[:FOLDER_STATS_SAMPLE]])
+  return Stats.of_images(tuple(folder.classes), sample)
 
 
 class TfdsSource:
@@ -243,22 +240,77 @@ def read_metadata(directory: str) -> dict:
     return json.load(f)
 
 
+def list_folder(root: str):
+  """(classes, {split: items}) of an image folder, or a one-line DataError naming data.path."""
+  try:
+    return prepare.list_folder(root)
+  except prepare.PrepareError as e:
+    raise DataError(str(e).replace('--input:', 'data.path:', 1)) from None
+
+
+def resolved_source(data) -> str:
+  """`data.source`, with 'auto' resolved by what `data.path` holds."""
+  if data.source != 'auto':
+    return data.source
+  path = os.path.expanduser(data.path)
+  return 'prepared' if os.path.isfile(os.path.join(path, prepare.METADATA)) else 'folder'
+
+
+@dataclasses.dataclass(frozen=True)
+class Survey:
+  """What an image folder or a prepared directory holds, before any config is fitted to it."""
+  classes: tuple[str, ...]
+  counts: dict[str, int]  # Examples per split ('train', 'validation', 'test').
+  image_side: int  # Shorter side of its images (stored side of a prepared directory).
+  prepared: bool
+
+
+def survey(data) -> Survey:
+  """The classes, split sizes and image size of the data `data.path` holds (data.fit)."""
+  source = resolved_source(data)
+  path = os.path.expanduser(data.path)
+  if source not in ('prepared', 'folder'):
+    raise DataError(f"data.fit: fits to an image folder or a prepared directory, not the "
+                    f"{source!r} source")
+  if not path or not os.path.isdir(path):
+    raise DataError(f'data.path: no such directory {path!r}' if path else
+                    'data.path: give the image folder or prepared directory to train on')
+  if source == 'prepared':
+    meta = read_metadata(path)
+    counts = {s: v['count'] for s, v in meta['splits'].items()}
+    return Survey(tuple(meta['classes']), counts, meta['image_size'], True)
+  classes, splits = list_folder(path)
+  items = splits['train']
+  sides = []
+  for item in items[::max(1, len(items) // 16)][:16]:  # The headers of a few: no decoding.
+    try:
+      with Image.open(item.path) as im:
+        sides.append(min(im.size))
+    except OSError:
+      continue
+  if not sides:
+    raise DataError(f'data.path: none of the images sampled in {path!r}/train can be read')
+  return Survey(tuple(classes), {s: len(v) for s, v in splits.items()},
+                int(np.median(sides)), False)
+
+
 def open_source(data, split: str):
   """(source, stats) for `data` (the config's data section) and a split name."""
   if data.source not in SOURCES:
     raise DataError(f'data.source: must be one of {SOURCES}, got {data.source!r}')
   path = os.path.expanduser(data.path) if data.path else ''
-  if data.source == 'digits':
+  source = resolved_source(data) if path else data.source
+  if source == 'digits':
     x, y = digits(split, data.image_size)
     return ArraySource(x, y), _digits_stats(data.image_size)
-  if data.source == 'tfds':  # tfds's own default data_dir when no path is given.
+  if source == 'tfds':  # tfds's own default data_dir when no path is given.
     source = TfdsSource(data.tfds_name, split, path or None, data.image_size)
     return source, Stats(classes=source.classes())
   if not path:
-    raise DataError(f'data.path: the {data.source!r} source needs a path')
+    raise DataError(f'data.path: the {source!r} source needs a path')
   if not os.path.exists(path):
     raise DataError(f'data.path: no such directory {path!r}')
-  if data.source == 'prepared':
+  if source == 'prepared':
     meta = read_metadata(path)
     if meta['image_size'] != data.image_size:
       raise DataError(f'data.image_size: {data.image_size} but {path!r} stores '
@@ -268,5 +320,7 @@ def open_source(data, split: str):
     stats = (Stats.from_metadata(meta['classes'], meta, mean_image) if 'eigval' in meta
              else Stats(classes=tuple(meta['classes'])))
     return PreparedSource(path, split), stats
-  source = FolderSource(path, split, data.image_size)
-  return source, Stats(classes=tuple(source.classes))
+  folder = FolderSource(path, split, data.image_size)
+  if split == data.train_split:
+    return folder, _folder_stats(path, split, data.image_size)
+  return folder, Stats(classes=tuple(folder.classes))

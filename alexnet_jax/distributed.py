@@ -25,15 +25,6 @@ import ml_collections
 log = logging.getLogger(__name__)
 
 
-def config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.initialize = 'auto'  # 'auto' (from the fields below or the environment), 'on' or 'off'.
-  c.coordinator_address = ''  # host:port of process 0; '' = from the environment.
-  c.num_processes = 0  # 0 = from the environment.
-  c.process_id = -1  # -1 = from the environment.
-  return c
-
-
 def launched_as_several_processes() -> bool:
   """Whether the environment shows a multi-process launch (see the module doc)."""
   env = os.environ

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from alexnet_jax import cli
 from alexnet_jax import datasets
 from alexnet_jax import evaluation
 from alexnet_jax import inference
@@ -129,4 +130,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

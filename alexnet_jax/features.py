@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from alexnet_jax import cli
 from alexnet_jax import images
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
@@ -141,4 +142,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

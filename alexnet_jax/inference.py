@@ -23,9 +23,9 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from ml_collections import config_flags
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import cli
 from alexnet_jax import datasets
 from alexnet_jax import evaluation
 from alexnet_jax import input_pipeline
@@ -179,9 +179,9 @@ def define_model_flags(*, ensemble: bool = False) -> None:
   flags.DEFINE_string('workdir', None, 'A training work directory: its newest good checkpoint.')
   flags.DEFINE_string('checkpoint', None, 'One checkpoint: WORKDIR/checkpoints/STEP.')
   flags.DEFINE_string('weights', None, 'A .npz/.pth state dict (needs --config).')
-  config_flags.DEFINE_config_file(
-      'config', None, 'The net of --weights; for a checkpoint, its data section replaces the '
-      "run's (to use other data).")
+  cli.define_config_flag(
+      None, 'The config (file.py:recipe) of --weights; for a checkpoint, its data section '
+      "replaces the run's (to use other data).")
   if ensemble:
     flags.DEFINE_list('ensemble', None, 'Several models (work directories, checkpoints or '
                       'weights files), their softmax averaged.')

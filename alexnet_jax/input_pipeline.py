@@ -24,9 +24,11 @@ import grain
 from absl import flags
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from alexnet_jax import datasets
+from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
 
 class InputError(RuntimeError):
@@ -350,9 +352,71 @@ class Data:
   eval_whole: Any  # The same with whole images, for 10-view evaluation.
   stats: datasets.Stats
   mean: np.ndarray
-  divide: float
+  divide: float  # What evaluation crops are divided by.
+  train_divide: float  # What training crops are divided by (data.lighting_rescale).
   train_examples: int
   eval_examples: int
+
+
+def train_divide(data) -> float:
+  """What training crops are divided by: data.divide, times 1 + lighting_std when the code's
+  rescaling of noisy crops is on and there is noise (s4: 1.1); evaluation's is data.divide."""
+  if data.lighting_rescale and data.lighting_std > 0:
+    return data.divide * (1.0 + data.lighting_std)
+  return data.divide
+
+
+# Images whose shorter side is at least this are read by the paper's rule, whatever the recipe:
+# stored at 256, crops of 224, conv1 11x11 at stride 4 (s4, s1).
+LARGE_IMAGE_SIDE = 128
+
+
+def fit_config(config, mesh) -> ml_collections.ConfigDict:
+  """`config` itself, or with data.fit a copy with the class count, the image sizes, the
+  evaluation split and a batch no larger than the training set taken from the data.
+
+  Images at least LARGE_IMAGE_SIDE on their shorter side are read by the paper's rule. Smaller
+  ones keep their side (a prepared directory's stored side), enlarged only to what the net
+  needs, and the crop keeps the recipe's crop-to-image ratio (224/256, 32/36).
+  """
+  if not config.data.fit:
+    return config
+  c = ml_collections.ConfigDict(config.to_dict())
+  found = datasets.survey(c.data)
+  if len(found.classes) < 2:
+    raise datasets.DataError(f'data.path: {c.data.path!r} has one class '
+                             f'({found.classes[0]}); a classifier needs two or more')
+  c.data.eval_split = next((s for s in datasets.EVAL_SPLITS if s in found.counts), '')
+  if not c.data.eval_split:
+    raise datasets.DataError(f'data.path: {c.data.path!r} has no evaluation split: add '
+                             'validation/, val/ or test/ beside train/')
+  c.model.num_classes = len(found.classes)
+  stored, crop = c.data.image_size, c.model.image_size
+  side = found.image_side
+  if side >= max(LARGE_IMAGE_SIDE, stored):  # The paper's rule; a prepared side stays.
+    stored, crop = (side, round(side * 224 / 256)) if found.prepared else (256, 224)
+    c.model.update(conv1_kernel=11, conv1_stride=4, conv1_padding=0, conv1_ceil_mode=True)
+  elif found.prepared or side < stored:
+    if not found.prepared:  # Enlarged, if need be, to the least the net reads.
+      side = max(side, -(-_smallest_crop(c.model) * stored // crop))
+    stored, crop = side, max(1, round(side * crop / stored))
+  # Else images between the recipe's side and LARGE_IMAGE_SIDE: read at the recipe's sizes.
+  c.data.image_size, c.model.image_size = stored, crop
+  data_parallel = sharding.data_size(mesh)
+  train = found.counts['train'] - found.counts['train'] % data_parallel
+  c.batch_size = max(data_parallel, min(c.batch_size, train))
+  return c
+
+
+def _smallest_crop(model_config) -> int:
+  """The smallest crop side the net of `model_config` reads to fc6 with every layer."""
+  for side in range(model_config.conv1_kernel, 1024):
+    try:
+      model_lib.ModelSpec.from_config(dict(model_config.to_dict(), image_size=side))
+      return side
+    except ValueError:
+      continue
+  raise datasets.DataError('model: no crop up to 1024 pixels reaches fc6 with this net')
 
 
 def create(config, mesh=None) -> Data:
@@ -377,9 +441,9 @@ def create(config, mesh=None) -> Data:
   train = train_dataset(train_source, augment, global_batch=config.batch_size,
                         seed=config.seed, workers=data.workers, prefetch=data.prefetch,
                         host_mean=mean if data.normalize_on_host else None,
-                        divide=data.divide, rows=rows)
+                        divide=train_divide(data), rows=rows)
   evaluation = {c: eval_dataset(eval_source, global_batch=config.batch_size, crop=c,
                                 workers=data.workers, prefetch=data.prefetch, rows=rows)
                 for c in (crop, None)}
   return Data(train, evaluation[crop], evaluation[None], stats, mean, data.divide,
-              len(train_source), len(eval_source))
+              train_divide(data), len(train_source), len(eval_source))

@@ -15,11 +15,13 @@ import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
+
+from alexnet_jax import cli
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'digits.py'),
-                                'Configuration file, optionally `file.py:variant`.')
+cli.define_config_flag(os.path.join(_REPO, 'configs', 'digits.py'),
+                       'Config file, `file.py` or `file.py:recipe` (`:list` lists the '
+                       'recipes); override fields as --config.section.field=value.')
 flags.DEFINE_string('workdir', 'workdir/digits', 'Directory for checkpoints and metrics.')
 
 
@@ -62,10 +64,12 @@ def main(argv):
     sys.stderr.write(f'error: {e}\n')
     sys.stderr.flush()
     os._exit(1)  # pylint: disable=protected-access
-  except (ValueError, train.TrainingError, input_pipeline.InputError) as e:
-    raise SystemExit(f'error: {e}') from None  # One line naming the field or problem.
+  except ValueError as e:  # A config or data that cannot work, found before training.
+    cli.fail(str(e))
+  except (train.TrainingError, input_pipeline.InputError) as e:
+    raise SystemExit(f'error: {e}') from None  # One line naming the problem, exit 1.
 
 
 if __name__ == '__main__':
   reexec_with_huge_pages()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -14,6 +14,7 @@ dense inputs are flattened in (H, W, C) order; `weights.py` converts to PyTorch'
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 from typing import Any
@@ -25,68 +26,50 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import ops
+from alexnet_jax import recipes
 from alexnet_jax import sharding
-from alexnet_jax import variants
 
-CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
-FC_LAYERS = ('fc6', 'fc7', 'fc8')
-LAYERS = CONV_LAYERS + FC_LAYERS
+LAYERS = config_lib.LAYERS
+CONV_LAYERS = LAYERS[:5]
+FC_LAYERS = LAYERS[5:]
 # Layers whose input is every tower's output: the paper's cross-tower connections.
 CROSS_TOWER_LAYERS = ('conv3', 'fc6', 'fc7', 'fc8')
+CONV_KERNELS = (None, 5, 3, 3, 3)  # conv2..conv5's kernel sides (s1); conv1's is a field.
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+INITS = ('gaussian', 'he', 'pytorch')
+WEIGHTS_LAYOUTS = ('caffe', 'torchvision')
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """A validated, hashable model configuration (see `variants.paper` for every field)."""
-  variant: str
-  num_classes: int
-  image_size: int
-  towers: int
-  conv_filters: tuple[int, ...]
-  fc_units: int
-  width: float
-  conv1_kernel: int
-  conv1_stride: int
-  conv1_padding: int
-  conv1_ceil_mode: bool
-  pool_window: int
-  pool_stride: int
-  adaptive_pool: int
-  activation: str
-  lrn: bool
-  lrn_size: int
-  lrn_alpha: float
-  lrn_beta: float
-  lrn_k: float
-  lrn_alpha_over_n: bool
-  lrn_across_towers: bool
-  lrn1_before_relu: bool
-  extra_norm2: bool
-  dropout_rate: float
-  dropout_inverted: bool
-  dropout_before_fc: bool
-  cross_tower: bool
-  skip_conv4: bool
-  fc8_per_tower: bool
-  weight_std: tuple[float, ...]
-  bias_init: tuple[float, ...]
-  pytorch_init: bool
-  compute_dtype: str
+def _frozen(value):
+  return tuple(value) if isinstance(value, list) else value
+
+
+# The schema is config.model_fields(): one dataclass field for each of its fields, with its
+# default. Nothing here re-declares them.
+_MODEL_FIELDS = {k: _frozen(v) for k, v in config_lib.model_fields().to_dict().items()}
+_ModelFields = dataclasses.make_dataclass(
+    '_ModelFields', [(k, Any, dataclasses.field(default=v)) for k, v in _MODEL_FIELDS.items()],
+    frozen=True)
+
+
+class ModelSpec(_ModelFields):
+  """A validated, hashable `model` section (config.model_fields() says what each field is)
+  and the shapes that follow from it."""
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict | dict | ModelSpec) -> ModelSpec:
+    """A spec from a whole or partial `model` section (absent fields take the paper's
+    values); one-line errors name the field."""
     if isinstance(config, ModelSpec):
       return config
     d = dict(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
-    base = variants.model_config(d.get('variant', 'paper')).to_dict()
-    unknown = sorted(set(d) - set(base))
-    if unknown:
-      raise ValueError(f'model.{unknown[0]}: unknown model field')
-    base.update(d)
-    base = {k: tuple(v) if isinstance(v, list) else v for k, v in base.items()}
-    spec = cls(**base)
+    for name in sorted(set(d) - set(_MODEL_FIELDS)):
+      close = difflib.get_close_matches(name, _MODEL_FIELDS, n=1)
+      hint = f" (did you mean 'model.{close[0]}'?)" if close else ''
+      raise ValueError(f'model.{name}: no such field{hint}')
+    spec = cls(**{k: _frozen(v) for k, v in d.items()})
     spec.validate()
     return spec
 
@@ -94,16 +77,21 @@ class ModelSpec:
     def fail(field, why):
       raise ValueError(f'model.{field}: {why}')
 
+    for field, length in (('conv_filters', 5), ('fc_units', 2), ('conv_padding', 4),
+                          ('weight_std', 8), ('bias_init', 8)):
+      value = getattr(self, field)
+      if not isinstance(value, tuple) or len(value) != length:
+        fail(field, f'needs {length} values, got {value!r}')
     if self.towers not in (1, 2):
       fail('towers', f'must be 1 or 2, got {self.towers}')
-    if len(self.conv_filters) != 5:
-      fail('conv_filters', f'needs 5 values (conv1..conv5), got {len(self.conv_filters)}')
-    for field in ('weight_std', 'bias_init'):
-      if len(getattr(self, field)) != 8:
-        fail(field, 'needs 8 values (conv1..fc8)')
-    for field in ('conv1_kernel', 'conv1_stride', 'pool_window', 'pool_stride', 'fc_units'):
+    for field in ('conv1_kernel', 'conv1_stride', 'pool_window', 'pool_stride'):
       if getattr(self, field) < 1:
         fail(field, f'must be >= 1, got {getattr(self, field)}')
+    for field in ('conv_filters', 'fc_units'):
+      if min(getattr(self, field)) < 1:
+        fail(field, f'must all be >= 1, got {getattr(self, field)}')
+    if min(self.conv_padding) < 0 or self.conv1_padding < 0:
+      fail('conv_padding' if min(self.conv_padding) < 0 else 'conv1_padding', 'must be >= 0')
     if self.adaptive_pool < 0:
       fail('adaptive_pool', f'must be >= 0, got {self.adaptive_pool}')
     if self.num_classes < 1:
@@ -116,8 +104,10 @@ class ModelSpec:
       fail('dropout_rate', f'must be in [0, 1), got {self.dropout_rate}')
     if self.compute_dtype not in DTYPES:
       fail('compute_dtype', f'must be one of {tuple(DTYPES)}, got {self.compute_dtype!r}')
-    if self.conv1_padding < 0:
-      fail('conv1_padding', f'must be >= 0, got {self.conv1_padding}')
+    if self.init not in INITS:
+      fail('init', f'must be one of {INITS}, got {self.init!r}')
+    if self.weights_layout not in WEIGHTS_LAYOUTS:
+      fail('weights_layout', f'must be one of {WEIGHTS_LAYOUTS}, got {self.weights_layout!r}')
     if self.lrn and self.lrn_size < 1:
       fail('lrn_size', f'must be >= 1, got {self.lrn_size}')
     if self.fc8_per_tower and self.towers > 1 and self.num_classes % self.towers:
@@ -138,11 +128,13 @@ class ModelSpec:
 
   @property
   def conv_widths(self) -> tuple[int, ...]:
+    """conv1..conv5's filters, all towers together, after `width`."""
     return tuple(self._scaled(n) for n in self.conv_filters)
 
   @property
-  def fc_width(self) -> int:
-    return self._scaled(self.fc_units)
+  def fc_widths(self) -> tuple[int, int]:
+    """fc6's and fc7's units, all towers together, after `width`."""
+    return tuple(self._scaled(n) for n in self.fc_units)
 
   @property
   def conv1_pads(self) -> tuple[int, int]:
@@ -155,23 +147,36 @@ class ModelSpec:
     out = -(-(n - k) // s) + 1
     return p, p + max(0, (out - 1) * s + k - n)
 
+  def pool_output(self, n: int) -> int:
+    """The side after a max pool of side `n`: rounded up (cuda-convnet) or down."""
+    z, s = self.pool_window, self.pool_stride
+    return (-(-(n - z) // s) if self.pool_ceil_mode else (n - z) // s) + 1
+
   def feature_sizes(self) -> dict[str, int]:
     """Spatial side after each stage, raising if the image is too small for the net."""
     lo, hi = self.conv1_pads
     sizes = {'conv1': (self.image_size + lo + hi - self.conv1_kernel) // self.conv1_stride + 1}
-
-    def pool(name, n):
-      if n < self.pool_window:
-        raise ValueError(f'model.image_size: {self.image_size} is too small for the net: '
-                         f'{name} gets a {n}x{n} map, smaller than its {self.pool_window}x'
-                         f'{self.pool_window} window')
-      return (n - self.pool_window) // self.pool_stride + 1
-
     if sizes['conv1'] < 1:
       raise ValueError(f'model.image_size: {self.image_size} is smaller than conv1\'s kernel')
-    sizes['pool1'] = pool('pool1', sizes['conv1'])
-    sizes['pool2'] = pool('pool2', sizes['pool1'])
-    sizes['pool5'] = pool('pool5', sizes['pool2'])
+
+    def too_small(name, n, needs):
+      raise ValueError(f'model.image_size: {self.image_size} is too small for the net: '
+                       f'{name} gets a {n}x{n} map, smaller than its {needs}x{needs} window')
+
+    side = sizes['conv1']
+    for layer in ('pool1', 'conv2', 'pool2', 'conv3', 'conv4', 'conv5', 'pool5'):
+      if layer.startswith('pool'):
+        if side < self.pool_window:
+          too_small(layer, side, self.pool_window)
+        side = self.pool_output(side)
+      elif layer in self.layers:
+        i = CONV_LAYERS.index(layer)
+        side = side + 2 * self.conv_padding[i - 1] - CONV_KERNELS[i] + 1
+        if side < 1:
+          too_small(layer, side + CONV_KERNELS[i] - 1, CONV_KERNELS[i])
+      else:
+        continue  # conv4, removed.
+      sizes[layer] = side
     sizes['fc6_in'] = self.adaptive_pool or sizes['pool5']
     return sizes
 
@@ -197,21 +202,27 @@ class ModelSpec:
     """One tower's kernel shape: (kh, kw, in, out) or (in, out)."""
     t = self.towers
     convs = self.conv_widths
-    fc = self.fc_width
-    stacks = self.stacks(layer)
+    fc6, fc7 = self.fc_widths
     share = 1 if self.reads_all_towers(layer) else t
     if layer == 'conv1':
       return (self.conv1_kernel, self.conv1_kernel, 3, convs[0] // t)
     if layer in CONV_LAYERS:
       previous = self.layers[self.layers.index(layer) - 1]  # conv3 feeds conv5 without conv4.
-      k = 5 if layer == 'conv2' else 3
+      k = CONV_KERNELS[CONV_LAYERS.index(layer)]
       return (k, k, convs[CONV_LAYERS.index(previous)] // share,
               convs[CONV_LAYERS.index(layer)] // t)
     if layer == 'fc6':
-      return (self.fc6_inputs // share, fc // t)
+      return (self.fc6_inputs // share, fc6 // t)
     if layer == 'fc7':
-      return (fc // share, fc // t)
-    return (fc, self.num_classes // stacks)  # fc8
+      return (fc6 // share, fc7 // t)
+    return (fc7, self.num_classes // self.stacks(layer))  # fc8
+
+  def conv_pads(self, layer: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) zero padding of a conv layer."""
+    if layer == 'conv1':
+      return (self.conv1_pads,) * 2
+    p = self.conv_padding[CONV_LAYERS.index(layer) - 1]
+    return ((p, p),) * 2
 
   def param_count(self) -> int:
     return sum(self.stacks(l) * (math.prod(self.kernel_shape(l)) + self.kernel_shape(l)[-1])
@@ -221,11 +232,11 @@ class ModelSpec:
     """One tower's activation shape at each dropout site (the masks' trailing shape)."""
     if self.dropout_rate == 0:
       return {}
-    per_tower = self.fc_width // self.towers
+    fc6, fc7 = (n // self.towers for n in self.fc_widths)
     if self.dropout_before_fc:
       side = self.feature_sizes()['fc6_in']
-      return {'fc6': (side, side, self.conv_widths[4] // self.towers), 'fc7': (per_tower,)}
-    return {'fc6': (per_tower,), 'fc7': (per_tower,)}
+      return {'fc6': (side, side, self.conv_widths[4] // self.towers), 'fc7': (fc6,)}
+    return {'fc6': (fc6,), 'fc7': (fc7,)}
 
 
 # ---- Layers -----------------------------------------------------------------------------------
@@ -326,9 +337,9 @@ def _tower_stages(spec, params, images, masks, *, train):
     m = masks[site]
     return [jnp.where(m[:, t], h * scale, 0).astype(h.dtype) for t, h in enumerate(hs)]
 
-  def conv_layer(layer, inputs, stride=1, padding=None):
+  def conv_layer(layer, inputs, stride=1):
     kernel, bias = weights(layer)
-    padding = padding or ops.same_padding(kernel.shape[1])
+    padding = spec.conv_pads(layer)
     return [ops.conv(h, kernel[t], stride, padding) + bias[t] for t, h in enumerate(inputs)]
 
   def dense_layer(layer, inputs):
@@ -340,6 +351,12 @@ def _tower_stages(spec, params, images, masks, *, train):
     return list(jnp.einsum('tbi,tio->tbo', flat, kernel) + bias[:, None, :])
 
   def pool(hs):
+    if spec.pool_ceil_mode:  # The last window overhangs the far edge: pad it with -inf.
+      side = hs[0].shape[1]
+      extra = (spec.pool_output(side) - 1) * spec.pool_stride + spec.pool_window - side
+      if extra:
+        pads = ((0, 0), (0, extra), (0, extra), (0, 0))
+        hs = [jnp.pad(h, pads, constant_values=-jnp.inf) for h in hs]
     return [ops.max_pool(h, spec.pool_window, spec.pool_stride) for h in hs]
 
   def tower_inputs(layer, hs):
@@ -349,8 +366,7 @@ def _tower_stages(spec, params, images, masks, *, train):
     return hs
 
   # conv1: every tower sees the whole image.
-  lo, hi = spec.conv1_pads
-  h = conv_layer('conv1', [x] * local, stride=spec.conv1_stride, padding=((lo, hi), (lo, hi)))
+  h = conv_layer('conv1', [x] * local, stride=spec.conv1_stride)
   if spec.lrn and spec.lrn1_before_relu:
     h = [act(a) for a in lrn('lrn1', h)]  # The code: LRN on conv1's pre-activations (s2.3).
   else:
@@ -406,7 +422,8 @@ class TowerLayer(nnx.Module):
 
 
 def initial_params(spec: ModelSpec, key: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
-  """The paper's init: kernels ~ N(0, std^2), constant biases (or PyTorch's default init).
+  """`spec.init`: kernels ~ N(0, std^2) with std weight_std (the paper's) or sqrt(2 / fan_in)
+  up to fc7 ('he'), constant biases; or PyTorch's default init.
 
   All draws come from one flat vector: one random-number program compiles in a fraction of
   the time of one per layer, and the values do not depend on the mesh.
@@ -414,7 +431,7 @@ def initial_params(spec: ModelSpec, key: jax.Array) -> dict[str, tuple[jax.Array
   shapes = {l: ((spec.stacks(l), *spec.kernel_shape(l)), (spec.stacks(l), spec.kernel_shape(l)[-1]))
             for l in spec.layers}
   sizes = [math.prod(s) for l in spec.layers for s in shapes[l]]
-  if spec.pytorch_init:
+  if spec.init == 'pytorch':
     flat = jax.random.uniform(key, (sum(sizes),), minval=-1.0, maxval=1.0)
   else:
     flat = jax.random.normal(key, (sum(sizes),))
@@ -424,15 +441,18 @@ def initial_params(spec: ModelSpec, key: jax.Array) -> dict[str, tuple[jax.Array
     i = LAYERS.index(layer)  # weight_std and bias_init list all eight layers.
     kshape, bshape = shapes[layer]
     kernel, bias = next(pieces).reshape(kshape), next(pieces).reshape(bshape)
-    if spec.pytorch_init:
+    fan_in = math.prod(kshape[1:-1])
+    if spec.init == 'pytorch':
       # torch.nn's default: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)), bias likewise.
-      bound = 1.0 / math.sqrt(math.prod(kshape[1:-1]))
+      bound = 1.0 / math.sqrt(fan_in)
       params[layer] = (bound * kernel, bound * bias)
     else:
       # float32, not weak-typed: the train step's outputs must match its inputs' types, or
       # the second step compiles the step again.
       bias = jnp.full(bshape, spec.bias_init[i], jnp.float32)
-      params[layer] = (spec.weight_std[i] * kernel, bias)
+      he = spec.init == 'he' and layer != 'fc8'  # fc8 feeds the softmax, not a ReLU.
+      std = math.sqrt(2 / fan_in) if he else spec.weight_std[i]
+      params[layer] = (std * kernel, bias)
   return params
 
 
@@ -445,7 +465,7 @@ class AlexNet(nnx.Module):
 
   def __init__(self, spec: ModelSpec, *, mesh: Mesh, key: jax.Array):
     if spec.towers == 1 and sharding.tower_size(mesh) != 1:
-      raise ValueError(f'mesh: the {spec.variant!r} net has one tower; build the mesh with '
+      raise ValueError('mesh: this net has one tower; build the mesh with '
                        'sharding.make_mesh(towers=1)')
     self.spec = spec
     self.mesh = mesh
@@ -515,14 +535,15 @@ def _apply(spec: ModelSpec, mesh: Mesh, stop_at: str, params, images_NHWC, dropo
 
 
 def create_model(model_config: Any = None, *, mesh: Mesh | None = None, seed: int = 0) -> AlexNet:
-  """The model described by `model_config` (a variant name, ConfigDict, dict or ModelSpec).
+  """The model described by `model_config`: a recipe's name (recipes.py), or a `model`
+  section as a ConfigDict, dict or ModelSpec.
 
   Parameters are created already placed: tower weights on their towers' devices of `mesh`.
   Without a mesh, one device holds and runs both towers. The same seed gives the same
   weights on every mesh.
   """
   if model_config is None or isinstance(model_config, str):
-    model_config = variants.model_config(model_config or 'paper')
+    model_config = recipes.model_config(model_config or 'paper')
   spec = ModelSpec.from_config(model_config)
   if mesh is None:
     mesh = sharding.single_device_mesh()

@@ -19,27 +19,6 @@ import ml_collections
 import optax
 
 
-def config() -> ml_collections.ConfigDict:
-  """The `optim` section of a config (paper s3)."""
-  c = ml_collections.ConfigDict()
-  c.base_lr = 0.01  # eps at the start (s3).
-  c.momentum = 0.9  # (s3)
-  c.weight_decay = 5e-4  # (s3)
-  c.bias_lr_multiplier = 1.0  # s2.6: the code trains biases at 2x the rate.
-  c.bias_weight_decay = True  # s2.6: the code does not decay biases.
-  c.schedule = 'plateau'  # 'plateau' (s3: /10 when validation error stops improving) or 'manual'.
-  c.plateau_patience = 2  # Evaluations without improvement before a drop.
-  c.plateau_threshold = 1e-3  # An improvement smaller than this (absolute error) does not count.
-  c.plateau_factor = 0.1  # Divide eps by 10 (s3).
-  c.max_drops = 3  # Three drops in all: 0.01 -> 1e-5 (s3).
-  c.manual_drop_epochs = (25, 51, 79)  # 'manual': run 145's drops (s3).
-  # Transfer learning: the rate of every layer not in `new_layers`, times eps. 0 trains the
-  # new layers alone (their weights frozen, decay included); 0.1 fine-tunes everything.
-  c.pretrained_lr_multiplier = 1.0
-  c.new_layers = ('fc8',)
-  return c
-
-
 def _key_name(k) -> str | None:
   """A path entry's name: a dict key (`['fc6']`) or an attribute (nnx's `.value`)."""
   return getattr(k, 'key', getattr(k, 'name', None))

@@ -17,6 +17,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import images
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
@@ -78,4 +79,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

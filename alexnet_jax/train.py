@@ -102,33 +102,6 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float)
   return jax.jit(step_fn, donate_argnums=0)
 
 
-# ---- Config ----------------------------------------------------------------------------------
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """The fields every config shares; configs/*.py fill in model and data."""
-  from alexnet_jax import datasets  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict()
-  c.seed = 0  # Parameter init, data order, augmentation and dropout keys.
-  c.batch_size = 128  # Global batch (s3).
-  c.num_epochs = 90  # About 90 epochs (s3).
-  c.steps_per_epoch = 0  # 0: training examples // batch_size.
-  c.optim = optim.config()
-  c.data = datasets.config()
-  c.checkpoint_keep = 3  # Last checkpoints kept (the best by validation error is kept too).
-  c.checkpoint_every_epochs = 1  # Checkpoint after every this many epochs (and at the end).
-  c.max_nonfinite_steps = 10  # Stop after more non-finite losses than this in a row.
-  c.log_every_steps = 1  # Training metrics to metrics.jsonl and TensorBoard.
-  c.progress = True  # The terminal progress bar.
-  c.distributed = distributed.config()  # Multi-process runs (main.py starts them).
-  c.transfer = ml_collections.ConfigDict()
-  # Start from a trained model (a workdir, checkpoints/STEP, or a .npz/.pth state dict) with
-  # every layer but optim.new_layers copied; those start fresh, sized for model.num_classes.
-  c.transfer.source = ''
-  c.transfer.source_num_classes = 1000  # For a state-dict file: the classes it was trained on.
-  return c
-
-
 # ---- Transfer learning -----------------------------------------------------------------------
 
 
@@ -158,7 +131,7 @@ def pretrained_params(config, params, mesh):
     if str(e).startswith('transfer.source'):
       raise
     raise ValueError(f'transfer.source: {pretrained.source} is another architecture than '
-                     f'this {config.model.variant!r} net') from None
+                     f'this {config.recipe!r} net') from None
   log.info('started from %s; new layers: %s', pretrained.source, ', '.join(new_layers))
   return merged
 
@@ -175,8 +148,10 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
                      f'data-parallel size {data_parallel}')
   if config.num_epochs < 1:
     raise ValueError(f'num_epochs: must be >= 1, got {config.num_epochs}')
-  if config.checkpoint_keep < 1:
-    raise ValueError(f'checkpoint_keep: must be >= 1, got {config.checkpoint_keep}')
+  for field in ('checkpoint.keep', 'checkpoint.every_epochs', 'eval.every_epochs'):
+    section, name = field.split('.')
+    if config[section][name] < 1:
+      raise ValueError(f'{field}: must be >= 1, got {config[section][name]}')
   optim.create(config.optim)
 
 
@@ -256,6 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   mesh = sharding.make_mesh(config.model.towers)
+  config = input_pipeline.fit_config(config, mesh)
   check_config(config, mesh)
   data = input_pipeline.create(config, mesh)
   main_process = distributed.is_main_process()
@@ -266,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   net = model_lib.create_model(config.model, mesh=mesh, seed=config.seed)
   if main_process:
-    print(f'{net.spec.variant} net on mesh {dict(mesh.shape)} ({jax.device_count()} '
+    print(f'{config.recipe} net on mesh {dict(mesh.shape)} ({jax.device_count()} '
           f'{jax.devices()[0].platform} devices, {jax.process_count()} processes):\n'
           f'{model_lib.summary(net)}', flush=True)
   graphdef, state, tx = init_state(net, config.optim)
@@ -278,7 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = config.num_epochs * steps_per_epoch
 
   checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
-                                           keep=config.checkpoint_keep)
+                                           keep=config.checkpoint.keep)
   history_path = os.path.join(workdir, 'metrics.jsonl')
   check_resumable(config, checkpoints, state)
   restored = checkpoints.restore_latest(state)
@@ -301,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     np.save(os.path.join(workdir, inference.MEAN_FILE), data.mean)
 
   train_step = make_train_step(graphdef, tx, seed=config.seed,
-                               num_classes=config.model.num_classes, divide=data.divide)
+                               num_classes=config.model.num_classes, divide=data.train_divide)
   crop = config.model.image_size
   eval_1view = evaluation.make_eval_step(graphdef, num_classes=config.model.num_classes,
                                          divide=data.divide, crop=crop, views=1)
@@ -355,19 +331,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if not preempted and (step % steps_per_epoch == 0 or step == total_steps):
           nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
           pending = None
-          val = evaluation.evaluate(eval_1view, state.params, data.eval, mesh, mean,
-                                    config.batch_size)
-          last_eval = (step, val)
-          writer.write(step, {f'val_{k}': v for k, v in val.items()}
-                       | {'epoch': step / steps_per_epoch})
-          progress.show_eval(val)
-          if config.optim.schedule == 'plateau' and plateau.update(val['top1_error']):
-            lr = plateau.lr
-            state = state.replace(opt_state=optim.set_lr(state.opt_state, lr))
-            log.info('validation error stopped improving: learning rate now %g', lr)
-          if (step // steps_per_epoch) % config.checkpoint_every_epochs == 0 or \
-              step == total_steps:
-            save(step, val_error=val['top1_error'])
+          epochs_done, last = step // steps_per_epoch, step == total_steps
+          val = None
+          if epochs_done % config.eval.every_epochs == 0 or last:
+            val = evaluation.evaluate(eval_1view, state.params, data.eval, mesh, mean,
+                                      config.batch_size)
+            last_eval = (step, val)
+            writer.write(step, {f'val_{k}': v for k, v in val.items()}
+                         | {'epoch': step / steps_per_epoch})
+            progress.show_eval(val)
+            if config.optim.schedule == 'plateau' and plateau.update(val['top1_error']):
+              lr = plateau.lr
+              state = state.replace(opt_state=optim.set_lr(state.opt_state, lr))
+              log.info('validation error stopped improving: learning rate now %g', lr)
+          if epochs_done % config.checkpoint.every_epochs == 0 or last:
+            save(step, val_error=val and val['top1_error'])
             saved_step = step
           t_last = time.perf_counter()  # Evaluation and saving are not step time.
         # Checked after the epoch's evaluation, so that a resumed run takes the same schedule.
@@ -389,12 +367,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     one_view = evaluation.evaluate(eval_1view, state.params, data.eval, mesh, mean,
                                    config.batch_size)
-  eval_10views = evaluation.make_eval_step(graphdef, num_classes=config.model.num_classes,
-                                           divide=data.divide, crop=crop, views=10)
-  ten_views = evaluation.evaluate(eval_10views, state.params, data.eval_whole, mesh, mean,
-                                  config.batch_size)
-  for views, results in ((1, one_view), (10, ten_views)):
-    for k, v in results.items():
+  results = {1: one_view}
+  if config.eval.ten_views:
+    eval_10views = evaluation.make_eval_step(graphdef, num_classes=config.model.num_classes,
+                                             divide=data.divide, crop=crop, views=10)
+    results[10] = evaluation.evaluate(eval_10views, state.params, data.eval_whole, mesh,
+                                      mean, config.batch_size)
+  for views, result in results.items():
+    for k, v in result.items():
       final[f'{views}view_{k}'] = v
   writer.write(step, {f'final_{k}': v for k, v in final.items()})
   writer.close()
@@ -403,9 +383,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
     json.dump(final, f, indent=1)
   metrics_lib.plot(history_path, os.path.join(workdir, 'curves.png'))
-  print(f'final: 1-view top-1 error {final["1view_top1_error"]:.4f}, top-5 '
-        f'{final["1view_top5_error"]:.4f}; 10-view top-1 {final["10view_top1_error"]:.4f}, '
-        f'top-5 {final["10view_top5_error"]:.4f}')
+  print('final: ' + '; '.join(
+      f'{views}-view top-1 error {final[f"{views}view_top1_error"]:.4f}, top-5 '
+      f'{final[f"{views}view_top5_error"]:.4f}' for views in results))
   return final
 
 

@@ -28,7 +28,7 @@ TORCHVISION_KEYS = {'conv1': 'features.0', 'conv2': 'features.3', 'conv3': 'feat
 
 def layer_keys(spec: ModelSpec) -> dict[str, str]:
   """Our layer name -> the state dict's key prefix."""
-  keys = TORCHVISION_KEYS if spec.variant == 'owt' else {l: l for l in LAYERS}
+  keys = TORCHVISION_KEYS if spec.weights_layout == 'torchvision' else {l: l for l in LAYERS}
   return {l: k for l, k in keys.items() if l in spec.layers}
 
 
@@ -96,15 +96,16 @@ def load_state_dict(model: AlexNet, tensors: dict[str, np.ndarray]) -> AlexNet:
   expected = expected_shapes(model.spec)
   for key in expected:
     if key not in tensors:
-      raise ValueError(f'weights: missing key {key!r} for the {model.spec.variant!r} net')
+      raise ValueError(f'weights: missing key {key!r} for this net '
+                       f'({model.spec.weights_layout} layout)')
   for key in tensors:
     if key not in expected:
-      raise ValueError(f'weights: unexpected key {key!r} for the {model.spec.variant!r} net')
+      raise ValueError(f'weights: unexpected key {key!r} for this net '
+                       f'({model.spec.weights_layout} layout)')
   for key, shape in expected.items():
     got = tuple(np.shape(tensors[key]))
     if got != shape:
-      raise ValueError(f'weights: {key!r} has shape {got}, the {model.spec.variant!r} net '
-                       f'needs {shape}')
+      raise ValueError(f'weights: {key!r} has shape {got}, this net needs {shape}')
   for layer, key in layer_keys(model.spec).items():
     kernel, bias = from_torch(model.spec, layer, tensors[f'{key}.weight'],
                               tensors[f'{key}.bias'])

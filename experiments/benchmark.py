@@ -51,9 +51,10 @@ PEAK_FLOPS = {('NVIDIA H100', 'bfloat16'): 989e12, ('NVIDIA H100', 'float32'): 6
 def model_config(name: str, dtype: str):
   """(model ConfigDict, optim ConfigDict, data.divide, default batch) of a benchmarked model:
   the paper's net at the batch of the issue's target, or the embedded default as it trains."""
-  from alexnet_jax import optim, variants  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import recipes  # pylint: disable=g-import-not-at-top
   if name == 'paper':
-    model, opt, divide, batch = variants.paper(), optim.config(), 1.0, 32
+    c = recipes.config('paper')
+    model, opt, divide, batch = c.model, c.optim, c.data.divide, 32
   elif name == 'digits':
     from configs import digits  # pylint: disable=g-import-not-at-top
     c = digits.get_config()

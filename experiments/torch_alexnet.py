@@ -33,14 +33,16 @@ class TorchAlexNet(nn.Module):
       groups = 1 if spec.reads_all_towers(name) else t
       setattr(self, name, nn.Conv2d(cin, cout, k, stride, padding, groups=groups))
 
+    p = spec.conv_padding
     conv('conv1', 3, c[0], spec.conv1_kernel, spec.conv1_stride)
-    conv('conv2', c[0], c[1], 5, padding=2)
-    conv('conv3', c[1], c[2], 3, padding=1)
-    conv('conv4', c[2], c[3], 3, padding=1)
-    conv('conv5', c[3], c[4], 3, padding=1)
-    self.fc6 = nn.Linear(spec.fc6_inputs, spec.fc_width)
-    self.fc7 = nn.Linear(spec.fc_width, spec.fc_width)
-    self.fc8 = nn.Linear(spec.fc_width, spec.num_classes)
+    conv('conv2', c[0], c[1], 5, padding=p[0])
+    conv('conv3', c[1], c[2], 3, padding=p[1])
+    conv('conv4', c[2], c[3], 3, padding=p[2])
+    conv('conv5', c[3], c[4], 3, padding=p[3])
+    fc6, fc7 = spec.fc_widths
+    self.fc6 = nn.Linear(spec.fc6_inputs, fc6)
+    self.fc7 = nn.Linear(fc6, fc7)
+    self.fc8 = nn.Linear(fc7, spec.num_classes)
 
   def _lrn(self, h):
     s = self.spec
@@ -51,7 +53,7 @@ class TorchAlexNet(nn.Module):
   def forward(self, x):
     s = self.spec
     act = torch.relu if s.activation == 'relu' else torch.tanh
-    pool = lambda h: F.max_pool2d(h, s.pool_window, s.pool_stride)
+    pool = lambda h: F.max_pool2d(h, s.pool_window, s.pool_stride, ceil_mode=s.pool_ceil_mode)
     lo, hi = s.conv1_pads
     h = act(self.conv1(F.pad(x, (lo, hi, lo, hi))))
     h = pool(self._lrn(h) if s.lrn else h)

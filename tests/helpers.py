@@ -22,7 +22,7 @@ from PIL import Image
 
 import alexnet_jax
 from alexnet_jax import checkpoint
-from alexnet_jax import datasets
+from alexnet_jax import config as config_lib
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,8 +81,9 @@ def train_config(**overrides):
 
 def data_config(**data_overrides):
   """What input_pipeline.create reads: the digits at 36x36, crops of 32, batches of 16."""
-  c = ml_collections.ConfigDict({'data': datasets.config(), 'model': {'image_size': 32},
+  c = ml_collections.ConfigDict({'data': config_lib.data_fields(), 'model': {'image_size': 32},
                                  'batch_size': 16, 'seed': 3})
+  c.data.source = 'digits'
   c.data.image_size = 36
   c.data.eval_split = 'test'
   for k, v in data_overrides.items():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import alexnet_jax
-from alexnet_jax import optim, train, weights
+from alexnet_jax import config as config_lib
+from alexnet_jax import train, weights
 import benchmark
 import helpers
 from helpers import small_config
@@ -38,7 +39,7 @@ def test_bfloat16_compute_trains_with_float32_parameters_and_optimizer_state():
   x = rng.normal(0, 1, (4, 63, 63, 3)).astype(np.float32)
   f32 = alexnet_jax.create_model(small_config())
   np.testing.assert_allclose(np.asarray(net(x)), np.asarray(f32(x)), rtol=0.1, atol=0.05)
-  graphdef, state, tx = train.init_state(net, optim.config())
+  graphdef, state, tx = train.init_state(net, config_lib.optim_fields())
   before = [np.asarray(p) for p in jax.tree.leaves(state.params)]
   step = train.make_train_step(graphdef, tx, seed=0, num_classes=10, divide=64.0)
   batch = {'image': rng.integers(0, 256, (8, 63, 63, 3), dtype=np.uint8),

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from alexnet_jax import config
 from alexnet_jax import distributed
 from alexnet_jax import inference
 import helpers
@@ -147,7 +148,7 @@ def test_when_jax_distributed_is_started(monkeypatch):
   for var in ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'SLURM_PROCID',
               'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES'):
     monkeypatch.delenv(var, raising=False)
-  c = distributed.config()
+  c = config.distributed_fields()
   assert not distributed.initialize(c)  # A plain single-process run: nothing to start.
   monkeypatch.setenv('SLURM_NTASKS', '1')
   monkeypatch.setenv('SLURM_PROCID', '0')

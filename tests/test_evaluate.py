@@ -32,7 +32,7 @@ def test_a_batch_smaller_than_the_data_axis_still_evaluates(trained_run):
 
 def test_ensemble_averages_the_models_softmax(trained_run):
   workdir, _ = trained_run
-  models = [inference.load(str(workdir / 'checkpoints' / '8')), inference.load(str(workdir))]
+  models = [inference.load(str(workdir / 'checkpoints' / '20')), inference.load(str(workdir))]
   result = evaluate.evaluate(models, progress=False)
   source, _ = datasets.open_source(models[0].config.data, 'test')
   whole = np.stack([source[i][0] for i in range(len(source))])

@@ -18,7 +18,7 @@ def test_fc7_features_and_nearest_neighbour_grid(trained_run, photo_folder, tmp_
   twin.write_bytes(open(paths[5], 'rb').read())
   paths = paths + [str(twin)]
   feats, kept = features.extract(trained, paths, batch_size=8)
-  assert kept == paths and feats.shape == (len(paths), trained.net.spec.fc_width)
+  assert kept == paths and feats.shape == (len(paths), trained.net.spec.fc_widths[1])
   # The rows are the net's fc7 of each image's center crop, as evaluation prepares it.
   crop = input_pipeline.center_crop(images.load_resized(open(paths[3], 'rb').read(), 36), 32)
   x = (crop[None].astype(np.float32) - trained.mean) / trained.divide

@@ -17,9 +17,9 @@ def test_a_work_directory_and_its_checkpoints_load(trained_run):
   newest = inference.load(str(workdir))
   assert not newest.net.spec.dropout_inverted  # Outputs scaled by 0.5 at test time (s2.8).
   assert newest.classes == tuple(str(i) for i in range(10)) and newest.crop == 32
-  assert newest.source == f'{workdir}/checkpoints/16'
-  first = inference.load(str(workdir / 'checkpoints' / '8'))
-  assert first.source == f'{workdir}/checkpoints/8'
+  assert newest.source == f'{workdir}/checkpoints/40'
+  first = inference.load(str(workdir / 'checkpoints' / '20'))
+  assert first.source == f'{workdir}/checkpoints/20'
   x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
   probs = [np.asarray(inference.probabilities_fn(m, 1)(x)) for m in (newest, first)]
   assert not np.allclose(probs[0], probs[1])  # Two different steps of training.

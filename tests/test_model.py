@@ -11,9 +11,7 @@ from alexnet_jax import ops
 from alexnet_jax import sharding
 from helpers import small_config
 
-# paper.md s1 and s6.
-PARAMS = {'paper': 60_965_224, 'cuda_convnet': 60_965_224, 'caffe': 60_965_224,
-          'owt': 61_100_840, 'one_tower': 40_702_632}
+# docs/paper.md s1.
 PAPER_LAYER_PARAMS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120, 'conv4': 663_936,
                       'conv5': 442_624, 'fc6': 37_752_832, 'fc7': 16_781_312,
                       'fc8': 4_097_000}
@@ -26,15 +24,10 @@ def abstract_model(config, mesh=None):
   return nnx.eval_shape(lambda: model_lib.AlexNet(spec, mesh=mesh, key=jax.random.key(0)))
 
 
-@pytest.mark.parametrize('variant', sorted(PARAMS))
-def test_parameter_count(variant):
-  m = abstract_model(alexnet_jax.model_config(variant))
-  counted = sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
-  assert counted == m.spec.param_count() == PARAMS[variant]
-
-
 def test_paper_parameters_per_layer():
   m = abstract_model(alexnet_jax.model_config('paper'))
+  counted = sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+  assert counted == m.spec.param_count() == 60_965_224
   for layer, expected in PAPER_LAYER_PARAMS.items():
     p = m.layer(layer)
     assert p.kernel.size + p.bias.size == expected, layer
@@ -79,35 +72,35 @@ def test_init_statistics():
   assert not np.allclose(m.conv1.kernel[0], m.conv1.kernel[1])
 
 
-# The fields that make each variant what paper.md says it is (s1, s2, s6).
+# The fields that make each recipe's net what docs/paper.md says it is (s1, s2, s6).
 FIDELITY = {
-    'paper': dict(towers=2, conv_filters=(96, 256, 384, 384, 256), fc_units=4096,
+    'paper': dict(towers=2, conv_filters=(96, 256, 384, 384, 256), fc_units=(4096, 4096),
                   image_size=224, conv1_ceil_mode=True, pool_window=3, pool_stride=2,
                   lrn=True, lrn_size=5, lrn_alpha=1e-4, lrn_beta=0.75, lrn_k=2.0,
                   lrn_alpha_over_n=True, lrn_across_towers=False, lrn1_before_relu=False,
                   extra_norm2=False, dropout_rate=0.5, dropout_inverted=False,
                   dropout_before_fc=False, cross_tower=True, fc8_per_tower=True,
-                  weight_std=(0.01,) * 8, bias_init=(0., 1., 0., 1., 1., 1., 1., 0.)),
+                  conv_padding=(2, 1, 1, 1), init='gaussian', weight_std=(0.01,) * 8,
+                  bias_init=(0., 1., 0., 1., 1., 1., 1., 0.)),
     # Run 145 as coded: s2.1-s2.5, s2.7 and s2.8 (s2.6 is the optimizer's).
     'cuda_convnet': dict(image_size=224, conv1_ceil_mode=True, lrn_alpha_over_n=True,
                          lrn_k=2.0, lrn1_before_relu=True, extra_norm2=True,
                          weight_std=(0.01, 0.01, 0.03, 0.03, 0.03, 0.01, 0.01, 0.01),
-                         fc8_per_tower=False, dropout_inverted=False),
+                         fc8_per_tower=False, dropout_inverted=False, pool_ceil_mode=True),
     'caffe': dict(image_size=227, conv1_ceil_mode=False, lrn_k=1.0, lrn_across_towers=True,
                   lrn1_before_relu=False, dropout_inverted=True, fc8_per_tower=False,
                   weight_std=(0.01, 0.01, 0.01, 0.01, 0.01, 0.005, 0.005, 0.01),
                   bias_init=(0., 0.1, 0., 0.1, 0.1, 0.1, 0.1, 0.)),
     'owt': dict(towers=1, conv_filters=(64, 192, 384, 256, 256), conv1_padding=2,
                 conv1_ceil_mode=False, adaptive_pool=6, lrn=False, dropout_inverted=True,
-                dropout_before_fc=True, pytorch_init=True),
-    'one_tower': dict(towers=1, conv_filters=(48, 128, 192, 192, 128), fc_units=4096),
+                dropout_before_fc=True, init='pytorch', weights_layout='torchvision'),
 }
 
 
-@pytest.mark.parametrize('variant', sorted(FIDELITY))
-def test_variant_fidelity_switches(variant):
-  spec = alexnet_jax.ModelSpec.from_config(alexnet_jax.model_config(variant))
-  assert {k: getattr(spec, k) for k in FIDELITY[variant]} == FIDELITY[variant]
+@pytest.mark.parametrize('recipe', sorted(FIDELITY))
+def test_recipe_fidelity_switches(recipe):
+  spec = alexnet_jax.ModelSpec.from_config(alexnet_jax.model_config(recipe))
+  assert {k: getattr(spec, k) for k in FIDELITY[recipe]} == FIDELITY[recipe]
 
 
 def within_map_loop(a, size=5, scale=1e-3, beta=0.75, k=1.0):
@@ -180,7 +173,7 @@ def test_train_mode_dropout_by_hand(variant, inverted):
   assert 0.4 < np.mean(np.concatenate([mk.ravel() for mk in masks])) < 0.6
 
 
-def test_init_variants():
+def test_init_of_the_recipes():
   cc = alexnet_jax.create_model(small_config('cuda_convnet', width=1.0))
   for layer, std in (('conv1', 0.01), ('conv3', 0.03), ('conv5', 0.03), ('fc6', 0.01)):
     assert abs(np.asarray(cc.layer(layer).kernel[...]).std() - std) < 0.05 * std, layer
@@ -193,6 +186,11 @@ def test_init_variants():
     assert np.abs(np.asarray(owt.layer(layer).bias[...])).max() <= bound, layer
   caffe = alexnet_jax.ModelSpec.from_config(alexnet_jax.model_config('caffe'))
   assert caffe.bias_init == (0., 0.1, 0., 0.1, 0.1, 0.1, 0.1, 0.)
+  small = alexnet_jax.create_model('small', seed=2)  # He: std sqrt(2 / fan_in) up to fc7.
+  for layer in model_lib.LAYERS:
+    w = np.asarray(small.layer(layer).kernel[...])
+    std = 0.01 if layer == 'fc8' else np.sqrt(2 / np.prod(w.shape[1:-1]))
+    assert abs(w.std() - std) < 0.05 * std, layer
 
 
 def test_same_seed_same_weights_on_every_mesh():
@@ -268,8 +266,8 @@ def test_no_cross_tower_keeps_towers_apart_until_fc8():
   assert not np.array_equal(after[:, half:], before[:, half:])
 
 
-@pytest.mark.parametrize('variant', alexnet_jax.VARIANTS)
-def test_every_variant_builds_trains_and_evaluates(variant):
+@pytest.mark.parametrize('variant', sorted(alexnet_jax.RECIPES))
+def test_every_recipes_net_builds_trains_and_evaluates(variant):
   m = alexnet_jax.create_model(small_config(variant), mesh=sharding.make_mesh(
       alexnet_jax.ModelSpec.from_config(small_config(variant)).towers))
   images = jax.random.normal(jax.random.key(0), (4, 63, 63, 3))
@@ -323,6 +321,10 @@ def test_paper_style_dropout_scales_at_test_time():
 
 @pytest.mark.parametrize('overrides,field', [
     (dict(variant='alexnet9'), 'model.variant'),
+    (dict(fc_units=(4096,)), 'model.fc_units'),
+    (dict(conv_padding=(2, 1, 1, -1)), 'model.conv_padding'),
+    (dict(init='xavier'), 'model.init'),
+    (dict(weights_layout='onnx'), 'model.weights_layout'),
     (dict(towers=3), 'model.towers'),
     (dict(num_classes=7), 'model.fc8_per_tower'),
     (dict(image_size=20), 'model.image_size'),
@@ -332,7 +334,7 @@ def test_paper_style_dropout_scales_at_test_time():
     (dict(lrn_sizee=5), 'model.lrn_sizee'),
     (dict(conv1_stride=0), 'model.conv1_stride'),
     (dict(pool_stride=0), 'model.pool_stride'),
-    (dict(fc_units=0), 'model.fc_units'),
+    (dict(fc_units=(0, 8)), 'model.fc_units'),
     (dict(adaptive_pool=-1), 'model.adaptive_pool'),
 ])
 def test_bad_config_is_one_line_error_naming_the_field(overrides, field):

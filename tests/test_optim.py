@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 import alexnet_jax
+from alexnet_jax import config as config_lib
 from alexnet_jax import optim
 from helpers import small_config
 
@@ -23,7 +24,7 @@ def numpy_paper_sgd(w, v, g, lr, *, wd=5e-4, momentum=0.9, lr_mult=1.0, decay=Tr
 @pytest.mark.parametrize('bias_lr_multiplier,bias_weight_decay', [(1.0, True), (2.0, False)])
 def test_update_rule_matches_the_paper_across_a_learning_rate_drop(bias_lr_multiplier,
                                                                    bias_weight_decay):
-  config = optim.config()
+  config = config_lib.optim_fields()
   config.bias_lr_multiplier = bias_lr_multiplier
   config.bias_weight_decay = bias_weight_decay
   tx = optim.create(config)
@@ -54,7 +55,7 @@ def test_optax_sgd_takes_another_step_right_after_a_drop():
   """optax's sgd keeps eps outside the momentum buffer (v <- 0.9 v + g; w <- w - eps v): after
   eps drops from 0.01 to 0.001, the paper's step is -0.009 g - 0.001 g = -0.01 g, sgd's
   -0.001 * 1.9 g. Hence optim.py's own chain."""
-  config = optim.config()
+  config = config_lib.optim_fields()
   config.weight_decay = 0.0
   params, grads = {'w': np.zeros(3, np.float32)}, {'w': np.ones(3, np.float32)}
   sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=0.01, momentum=0.9)
@@ -71,7 +72,7 @@ def test_optax_sgd_takes_another_step_right_after_a_drop():
 
 def test_bias_options_reach_the_models_own_parameters():
   """The masks see nnx's state paths (`...['fc6']['bias'].value`), not just plain dicts."""
-  config = optim.config()
+  config = config_lib.optim_fields()
   config.bias_lr_multiplier, config.bias_weight_decay = 2.0, False
   _, params = nnx.split(alexnet_jax.create_model(small_config()), nnx.Param)
   tx = optim.create(config)
@@ -98,7 +99,7 @@ def test_plateau_divides_by_ten_at_most_three_times():
 
 
 def test_finetuning_scales_the_pretrained_layers_updates():
-  config = optim.config()
+  config = config_lib.optim_fields()
   config.pretrained_lr_multiplier, config.weight_decay = 0.1, 0.0
   _, params = nnx.split(alexnet_jax.create_model(small_config()), nnx.Param)
   tx = optim.create(config)

@@ -74,7 +74,7 @@ def test_plateau_schedule_drops_in_the_loop_and_resumes_between_drops(tmp_path):
 @pytest.mark.parametrize('overrides,message', [
     ({'batch_size': 15}, 'batch_size: 15 is not a positive multiple'),
     ({'optim.base_lr': 0.0}, 'optim.base_lr: must be positive'),
-    ({'model.variant': 'vgg'}, 'model.variant: unknown variant'),
+    ({'model.init': 'xavier'}, 'model.init: must be one of'),
     ({'data.source': 'imagenet21k'}, 'data.source: must be one of'),
     ({'model.image_size': 8}, 'model.image_size'),
     ({'data.source': 'prepared', 'data.path': '/no/such/dir'}, 'data.path: no such directory'),
@@ -173,7 +173,7 @@ def test_transfer_from_a_state_dict_file_copies_every_layer_but_fc8(trained_run,
       np.testing.assert_array_equal(after[layer][k][...], before[layer][k][...])
   assert after['fc8']['kernel'][...].shape[-1] == 3
   with pytest.raises(ValueError, match=r"weights: 'conv1.weight' has shape \(12, 3, 5, 5\), "
-                                       r"the 'paper' net needs \(24, 3, 5, 5\)"):
+                                       r"this net needs \(24, 3, 5, 5\)"):
     train.train_and_evaluate(transfer_config(photo_folder, str(path), **{
         'transfer.source_num_classes': 10, 'model.width': 0.25}), str(tmp_path / 'other'))
 

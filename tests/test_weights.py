@@ -18,7 +18,7 @@ def params_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize('variant', alexnet_jax.VARIANTS)
+@pytest.mark.parametrize('variant', sorted(alexnet_jax.RECIPES))
 def test_npz_round_trip_keeps_values_and_sharding(variant, tmp_path):
   config = small_config(variant)
   mesh = sharding.make_mesh(config.towers)

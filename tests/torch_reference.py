@@ -25,7 +25,7 @@ def _conv(sd, name, x, stride=1, padding=0):
 def reference_logits(spec, state_dict, images_nhwc):
   """Eval-mode logits of `spec`'s net with `state_dict`'s weights (float32, NCHW)."""
   sd = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in state_dict.items()}
-  if spec.variant == 'owt':
+  if spec.weights_layout == 'torchvision':
     names = dict(conv1='features.0', conv2='features.3', conv3='features.6',
                  conv4='features.8', conv5='features.10', fc6='classifier.1',
                  fc7='classifier.4', fc8='classifier.6')
@@ -41,7 +41,7 @@ def reference_logits(spec, state_dict, images_nhwc):
                                             k=spec.lrn_k) for p in parts], dim=1)
 
   def pool(h):
-    return F.max_pool2d(h, spec.pool_window, spec.pool_stride)
+    return F.max_pool2d(h, spec.pool_window, spec.pool_stride, ceil_mode=spec.pool_ceil_mode)
 
   lo, hi = spec.conv1_pads
   h = _conv(sd, 'conv1', F.pad(x, (lo, hi, lo, hi)), stride=spec.conv1_stride)
@@ -51,7 +51,8 @@ def reference_logits(spec, state_dict, images_nhwc):
     h = act(h)
     h = lrn(h) if spec.lrn else h
   h = pool(h)
-  h = act(_conv(sd, 'conv2', h, padding=2))
+  pads = dict(zip(('conv2', 'conv3', 'conv4', 'conv5'), spec.conv_padding))
+  h = act(_conv(sd, 'conv2', h, padding=pads['conv2']))
   h = lrn(h) if spec.lrn else h
   if spec.extra_norm2:  # 5x5 within-map sum of squares, zero padded.
     window = F.avg_pool2d(h * h, 5, stride=1, padding=2, count_include_pad=True) * 25
@@ -59,7 +60,7 @@ def reference_logits(spec, state_dict, images_nhwc):
   h = pool(h)
   for name in ('conv3', 'conv4', 'conv5'):
     if f'{name}.weight' in sd:  # conv4 is absent in the s5 ablation.
-      h = act(_conv(sd, name, h, padding=1))
+      h = act(_conv(sd, name, h, padding=pads[name]))
   h = pool(h)
   if spec.adaptive_pool:
     h = F.adaptive_avg_pool2d(h, spec.adaptive_pool)
