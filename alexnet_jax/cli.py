@@ -23,7 +23,14 @@ EXIT_BAD_CONFIG = 2  # As for any other bad command line.
 
 
 def define_config_flag(default: str | None, help_text: str) -> None:
-  config_flags.DEFINE_config_file('config', default, help_text)
+  """Defines --config. ml_collections applies the command line's overrides to the default
+  file as the flag is defined, so the command line is checked first, and what the definition
+  raises becomes one line too."""
+  check_command_line(sys.argv)
+  try:
+    config_flags.DEFINE_config_file('config', default, help_text)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    fail(explain(e))
 
 
 def fail(message: str) -> None:
@@ -43,9 +50,9 @@ def _field_names() -> list[str]:
   return list(walk(config_lib.base_config().to_dict()))
 
 
-def _closest(name: str, names) -> str:
+def _closest(name: str, names, prefix: str = '') -> str:
   close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
-  return f" (did you mean '{close[0]}'?)" if close else ''
+  return f" (did you mean '{prefix}{close[0]}'?)" if close else ''
 
 
 def _recipe_override(argv: list[str]) -> str | None:
@@ -65,15 +72,16 @@ def explain(e: Exception) -> str:
     if name.startswith('config.'):
       field = name[len('config.'):]
       return f'{field}: no such config field{_closest(field, _field_names())}'
-    return f'--{name}: no such flag{_closest(name, list(flags.FLAGS))}'
+    return f'--{name}: no such flag{_closest(name, list(flags.FLAGS), "--")}'
   lines = [l.strip() for l in text.splitlines() if l.strip()]
   # An error raised inside a config file arrives wrapped in its traceback: keep the raise.
   last = re.sub(r'^\w+(Error|Exception): ', '', lines[-1]) if lines else type(e).__name__
   return last
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with each of the errors above as one line and exit 2."""
+def check_command_line(argv: list[str]) -> None:
+  """`--config=FILE:list` prints the recipes and exits; setting the recipe as a field, or a
+  field the schema does not have, fails in one line."""
   config_arg = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), '')
   if config_arg.endswith(':list'):
     print(recipes.table())
@@ -82,7 +90,17 @@ def parse_flags(argv: list[str]) -> list[str]:
   if field:
     fail(f'{field}: the recipe is chosen by name, as the config file\'s argument: '
          '--config=configs/paper.py:<recipe> (--config=configs/paper.py:list lists them)')
+  known = _field_names()  # Every config file shares the one schema.
+  for arg in argv[1:]:
+    override = re.match(r'--config\.([\w.]+)', arg)
+    if override and override.group(1) not in known:
+      fail(f'{override.group(1)}: no such config field{_closest(override.group(1), known)}')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with each of the errors above as one line and exit 2."""
+  check_command_line(argv)
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     fail(explain(e))

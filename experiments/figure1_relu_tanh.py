@@ -1,8 +1,8 @@
 """The paper's figure 1: how much faster ReLUs train than tanh units.
 
   python experiments/figure1_relu_tanh.py --out=experiments/figure1            # digits
-  python experiments/figure1_relu_tanh.py --config=configs/folder.py \
-      --set=data.source=tfds --set=data.tfds_name=cifar10 --set=model.num_classes=10 ...
+  python experiments/figure1_relu_tanh.py --config=configs/folder.py:small \
+      --config.data.path=CIFAR10_FOLDER --out=/runs/figure1   # an image folder of CIFAR-10
 
 The paper: a four-layer CNN on CIFAR-10 reaches 25% training error six times faster with
 ReLUs than with tanh. This trains the config twice, identical but for the activation (runs
@@ -23,6 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from alexnet_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def epoch_errors(workdir: str) -> np.ndarray:
@@ -54,10 +56,9 @@ def epochs_to_reach(errors: np.ndarray, target: float) -> float | None:
 
 def define_flags():
   """Flags, defined when run as a script (tests import this module)."""
-  flags.DEFINE_string('config', sweep.DEFAULT_CONFIG,
-                      'Config file, optionally file.py:arg.')
+  cli.define_config_flag(sweep.DEFAULT_CONFIG, 'Config file, `file.py` or `file.py:recipe`; '
+                         'override fields as --config.section.field=value, for both runs.')
   flags.DEFINE_string('out', 'experiments/figure1', 'Directory for the two runs and the plot.')
-  flags.DEFINE_multi_string('set', [], 'Config overrides a.b=value, for both runs.')
   flags.DEFINE_float('target', 0.25, 'Training error to reach (the paper: 25%).')
   flags.DEFINE_integer('seed', 0, 'Seed of both runs.')
 
@@ -66,9 +67,11 @@ def main(argv):
   del argv
   f = flags.FLAGS
   curves = {}
+  base_json = f.config.to_json()
+  sweep.validate(base_json, ('baseline', 'tanh'), 1)
   for name, ablation in (('ReLU', 'baseline'), ('tanh', 'tanh')):
     workdir = os.path.join(f.out, ablation)
-    sweep.run_one(f.config, f.set, ablation, f.seed, workdir)
+    sweep.run_one(base_json, ablation, f.seed, workdir)
     curves[name] = epoch_errors(workdir)
   reach = {name: epochs_to_reach(e, f.target) for name, e in curves.items()}
   lines = [f'training error {100 * f.target:.0f}% reached after: ' + ', '.join(
@@ -100,4 +103,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

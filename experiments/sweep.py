@@ -1,116 +1,127 @@
-"""Ablation sweeps: the paper's claims (paper.md s5) tested against a baseline, over seeds.
+"""Ablation sweeps: the paper's claims (docs/paper.md s5) tested against a baseline, over seeds.
 
-  python experiments/sweep.py --config=configs/digits.py --out=experiments/ablations/digits \
-      --seeds=2 --parallel=2 --set=num_epochs=6
+  python experiments/sweep.py --config=configs/digits.py --config.num_epochs=8 \
+      --out=experiments/ablations/digits --seeds=2 --parallel=2
+  python experiments/sweep.py --config=configs/paper.py:cuda_convnet \
+      --config.data.path=/data/in1k --out=/runs/ablations   # the layer files themselves
 
 Each (ablation, seed) trains in its own work directory, OUT/<ablation>/seed<k>, with the
-config's own recipe and one change. A run that finished (final_metrics.json) is skipped and
-an interrupted one resumes from its checkpoints, so re-running the command continues the
-sweep. --parallel runs several at once (processes on this machine); --shard=i/n takes every
-n-th run, so n hosts can share one sweep on a shared OUT, and any of them can --summarize.
+config as given (`--config.section.field=value` overrides, as for main) and the ablation's
+change. Every run's config is built and validated before the first starts. A run that
+finished (final_metrics.json) is skipped and an interrupted one resumes from its checkpoints,
+so re-running the command continues the sweep. --parallel runs several at once (processes on
+this machine); --shard=i/n takes every n-th run, so n hosts can share one sweep on a shared
+OUT, and any of them can --summarize.
+
+The ablations of run 145 are its layer files' changes (alexnet_jax/recipes.py): when the
+sweep's baseline is run 145's net itself (`configs/paper.py:cuda_convnet`), each of them is
+the layer file the paper's figure came from, and the table puts the paper's change beside the
+measured one; on any other baseline (a scaled-down proxy) it says the two are not comparable.
 
 The sweep ends with OUT/ablations.md and .csv: each ablation's top-1/top-5 error (10 views,
-as the paper's ablations) as mean +- standard deviation over the seeds, its change against the
-baseline, and the change the paper reports beside it; and OUT/ablations.png, a bar plot.
+as the paper's ablations) as mean +- standard deviation over the seeds, its change against
+the baseline, and the paper's change where it applies; and OUT/ablations.png, a bar plot.
 """
 from __future__ import annotations
 
-import ast
 import concurrent.futures
 import contextlib
 import csv
 import dataclasses
-import importlib.util
 import json
 import multiprocessing
 import os
 import sys
-from typing import Callable
+from typing import Any, Mapping
 
 from absl import app
 from absl import flags
+import ml_collections
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 DEFAULT_CONFIG = os.path.join(_REPO, 'configs', 'digits.py')
 
+from alexnet_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
+from alexnet_jax import recipes  # noqa: E402  pylint: disable=wrong-import-position
+
 
 @dataclasses.dataclass(frozen=True)
 class Ablation:
   what: str  # For the table.
-  change: Callable  # config -> None, in place.
-  paper: tuple[float, float] | None  # The paper's (top-1, top-5) change in points, if given.
+  changes: Mapping[str, Any]  # 'section.field' -> value, on top of the sweep's config.
+  paper: tuple[float | None, float | None] | None = None  # The paper's change (points).
+  versus: str = ''  # The recipe whose net the paper's figure changes (run 145's).
+  source: str = ''  # Where the paper's figure comes from.
 
 
-def _model(**fields):
-  def change(c):
-    for k, v in fields.items():
-      c.model[k] = v
-  return change
+def _from_recipe(name: str, what: str) -> Ablation:
+  """A recipe's own changes to the recipe it is compared with (its layer file's, for 145)."""
+  r, base = recipes.get(name), recipes.get(recipes.get(name).versus)
+  own = {k: v for k, v in r.changes.items() if base.changes.get(k, object()) != v}
+  return Ablation(what, own, r.paper_change, r.versus,
+                  r.source if r.layer_file else 'the paper\'s text, no layer file')
 
 
-def _one_tower_half(c):
-  """One tower with half of each conv layer's kernels; fully connected layers unchanged."""
-  c.model.towers = 1
-  c.model.conv_filters = tuple(f // 2 for f in c.model.conv_filters)
-  c.model.fc8_per_tower = False
-
-
-def _no_lighting(c):
-  c.data.lighting_std = 0.0
-
-
-ABLATIONS = {  # paper.md s5; changes in top-1 / top-5 points, 10 views.
-    'baseline': Ablation('the config as it is', lambda c: None, (0.0, 0.0)),
-    'no_lrn': Ablation('no local response normalization', _model(lrn=False), (1.4, 1.2)),
-    'non_overlapping_pool': Ablation('2x2 stride-2 pooling (not 3x3 stride 2)',
-                                     _model(pool_window=2), (0.4, 0.3)),
-    'no_pca_lighting': Ablation('no PCA lighting noise', _no_lighting, (1.0, None)),
-    'no_dropout': Ablation('no dropout', _model(dropout_rate=0.0), None),
-    'tanh': Ablation('tanh instead of ReLU', _model(activation='tanh'), None),
-    'one_tower_half': Ablation('one tower, half the kernels of each conv layer',
-                               _one_tower_half, (1.7, 1.2)),
-    # Run 150: 41.83 / 19.33 against run 145's 40.66 / 18.21.
-    'no_cross_tower': Ablation('no cross-tower connections (conv3, fc6, fc7)',
-                               _model(cross_tower=False), (1.17, 1.12)),
-    'no_conv4': Ablation('a middle conv layer (conv4) removed', _model(skip_conv4=True),
-                         (2.0, None)),  # "about 2%" top-1 for any middle layer.
+ABLATIONS = {  # docs/paper.md s5; changes in top-1 / top-5 points, 10 views.
+    'baseline': Ablation('the config as it is', {}, (0.0, 0.0)),
+    'no_lrn': _from_recipe('no_lrn', 'no local response normalization'),
+    'no_overlap': _from_recipe('no_overlap', '2x2 stride-2 pooling, not 3x3 stride 2'),
+    'no_pca_lighting': Ablation('no PCA lighting noise', {'data.lighting_std': 0.0},
+                                (1.0, None), 'cuda_convnet', 'the paper\'s text'),
+    'no_dropout': Ablation('no dropout', {'model.dropout_rate': 0.0}),
+    'tanh': Ablation('tanh instead of ReLU', {'model.activation': 'tanh'}),
+    'one_tower': _from_recipe('one_tower', 'one tower, half the kernels (conv5 kept)'),
+    'no_cross_tower': _from_recipe('no_cross_tower', 'no cross-tower links, widened'),
+    'no_conv4': _from_recipe('no_conv4', 'a middle conv layer (conv4) removed'),
 }
 
 
-def load_config(spec: str, sets: list[str]):
-  """`path.py[:arg]` -> its get_config(arg), with `a.b=value` overrides applied."""
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('sweep_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
-  for item in sets:
-    key, _, text = item.partition('=')
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    *parents, last = key.split('.')
+def comparable(config: ml_collections.ConfigDict, ablation: Ablation) -> bool:
+  """Whether the paper's figure for `ablation` measures this very change of this very net:
+  the sweep's net is that of the recipe the figure changes (run 145's), at full size."""
+  if not ablation.versus:
+    return False
+  want = recipes.config(ablation.versus).model.to_dict()
+  ours = {k: v for k, v in config.model.to_dict().items() if k != 'num_classes'}
+  return ours == {k: v for k, v in want.items() if k != 'num_classes'}
+
+
+def run_config(base_json: str, ablation: str, seed: int) -> ml_collections.ConfigDict:
+  """The config of one run: the sweep's config, the ablation's changes, the seed."""
+  config = ml_collections.ConfigDict(json.loads(base_json))
+  for name, value in ABLATIONS[ablation].changes.items():
+    *sections, field = name.split('.')
     target = config
-    for p in parents:
-      target = target[p]
-    target[last] = value
+    for section in sections:
+      target = target[section]
+    target[field] = value
+  config.seed = seed
+  config.progress = False
   return config
 
 
-def run_one(config_spec: str, sets: list[str], ablation: str, seed: int,
-            workdir: str) -> dict:
+def validate(base_json: str, ablations, seeds: int) -> None:
+  """Builds and checks every run's config (net, optimizer, batch over the mesh) before any
+  run starts: one line on stderr and exit 2 for the first that cannot work."""
+  from alexnet_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  for a in ablations:
+    for s in range(seeds):
+      config = run_config(base_json, a, s)
+      try:
+        train.check_config(config, sharding.make_mesh(config.model.towers))
+      except ValueError as e:
+        cli.fail(f'sweep: ablation {a}: {e}')
+
+
+def run_one(base_json: str, ablation: str, seed: int, workdir: str) -> dict:
   """Trains one run (or finds it done); returns its final metrics."""
   done = os.path.join(workdir, 'final_metrics.json')
   if os.path.exists(done):
     with open(done) as f:
       return json.load(f)
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top  # In the worker.
-  config = load_config(config_spec, sets)
-  ABLATIONS[ablation].change(config)
-  config.seed = seed
-  config.progress = False
+  config = run_config(base_json, ablation, seed)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'log.txt'), 'a') as log, \
       contextlib.redirect_stdout(log):
@@ -130,8 +141,8 @@ def _stats(values):
   return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def summarize(out: str, ablations, seeds: int) -> list[dict]:
-  """Rows of the table from the finished runs in `out`."""
+def summarize(out: str, ablations, seeds: int, config: ml_collections.ConfigDict) -> list[dict]:
+  """Rows of the table from the finished runs in `out` of a sweep of `config`."""
   finished = {}
   for a, s, workdir in runs(ablations, seeds, out):
     path = os.path.join(workdir, 'final_metrics.json')
@@ -150,9 +161,19 @@ def summarize(out: str, ablations, seeds: int) -> list[dict]:
     for k in ('top1', 'top5'):
       mean, std = _stats([m[f'10view_{k}_error'] for m in finished[a]])
       row[f'{k}'], row[f'{k}_std'], row[f'{k}_change'] = mean, std, mean - base[k]
-    paper = ABLATIONS[a].paper
+    ablation = ABLATIONS[a]
+    paper = ablation.paper if a != 'baseline' and comparable(config, ablation) else None
     row['paper_top1_change'] = paper[0] if paper else None
     row['paper_top5_change'] = paper[1] if paper else None
+    if a == 'baseline':
+      row['compared'] = f'the reference ({config.recipe})'
+    elif not ablation.paper:
+      row['compared'] = 'the paper gives no figure'
+    elif paper:
+      row['compared'] = f'the paper: {ablation.source}'
+    else:
+      row['compared'] = (f'not comparable: the paper changes {ablation.versus}\'s full net, '
+                         f'this sweep {config.recipe}\'s')
     rows.append(row)
   # 1 view against 10, from the baseline runs themselves.
   one, ten = ([m[f'{v}view_top1_error'] for m in finished['baseline']] for v in (1, 10))
@@ -161,7 +182,8 @@ def summarize(out: str, ablations, seeds: int) -> list[dict]:
                'seeds': len(one), 'top1': _stats(one)[0], 'top1_std': _stats(one)[1],
                'top1_change': _stats(one)[0] - _stats(ten)[0], 'top5': _stats(one5)[0],
                'top5_std': _stats(one5)[1], 'top5_change': _stats(one5)[0] - _stats(ten5)[0],
-               'paper_top1_change': None, 'paper_top5_change': None})
+               'paper_top1_change': None, 'paper_top5_change': None,
+               'compared': 'the paper gives no figure'})
   return rows
 
 
@@ -171,14 +193,15 @@ def _fmt(x, sign=False):
 
 def write_table(rows, out: str) -> str:
   header = ('| ablation | seeds | top-1 error (%) | top-5 error (%) | top-1 change | '
-            'top-5 change | paper top-1 change | paper top-5 change |')
-  lines = [header, '|' + '---|' * 8]
+            'top-5 change | paper top-1 change | paper top-5 change | against the paper |')
+  lines = [header, '|' + '---|' * 9]
   for r in rows:
     lines.append(
         f'| {r["ablation"]}: {r["what"]} | {r["seeds"]} | {r["top1"]:.2f} +- '
         f'{r["top1_std"]:.2f} | {r["top5"]:.2f} +- {r["top5_std"]:.2f} | '
         f'{_fmt(r["top1_change"], True)} | {_fmt(r["top5_change"], True)} | '
-        f'{_fmt(r["paper_top1_change"], True)} | {_fmt(r["paper_top5_change"], True)} |')
+        f'{_fmt(r["paper_top1_change"], True)} | {_fmt(r["paper_top5_change"], True)} | '
+        f'{r["compared"]} |')
   table = '\n'.join(lines)
   with open(os.path.join(out, 'ablations.md'), 'w') as f:
     f.write(table + '\n')
@@ -215,12 +238,11 @@ def plot(rows, out: str) -> None:
 
 def define_flags():
   """Flags, defined when run as a script (tests import this module)."""
-  flags.DEFINE_string('config', DEFAULT_CONFIG,
-                      'Config file, optionally file.py:arg.')
+  cli.define_config_flag(DEFAULT_CONFIG, 'Config file, `file.py` or `file.py:recipe`; '
+                         'override fields as --config.section.field=value, for every run.')
   flags.DEFINE_string('out', None, 'Sweep directory (one work directory per run inside).')
   flags.DEFINE_integer('seeds', 2, 'Seeds per ablation.')
   flags.DEFINE_list('ablations', list(ABLATIONS), 'Which ablations (baseline always runs).')
-  flags.DEFINE_multi_string('set', [], 'Config overrides a.b=value, for every run.')
   flags.DEFINE_integer('parallel', 1, 'Runs at once on this machine.')
   flags.DEFINE_string('shard', '0/1', 'i/n: this host takes runs i, i+n, i+2n, ...')
   flags.DEFINE_bool('summarize', False, 'Only write the table and plot of the finished runs.')
@@ -232,24 +254,24 @@ def main(argv):
   f = flags.FLAGS
   if not f.out:
     raise app.UsageError('give --out')
-  unknown = set(f.ablations) - set(ABLATIONS)
+  unknown = sorted(set(f.ablations) - set(ABLATIONS))
   if unknown:
-    raise app.UsageError(f'unknown ablations {sorted(unknown)}; choose from {list(ABLATIONS)}')
+    cli.fail(f'--ablations: unknown ablation {unknown[0]!r}; choose from {", ".join(ABLATIONS)}')
   ablations = ['baseline'] + [a for a in f.ablations if a != 'baseline']
-  load_config(f.config, f.set)  # A bad config or override fails here, before any run.
+  base_json = f.config.to_json()
+  validate(base_json, ablations, f.seeds)  # Every run's config, before the first starts.
   i, n = (int(v) for v in f.shard.split('/'))
   if not f.summarize:
     todo = runs(ablations, f.seeds, f.out)[i::n]
     context = multiprocessing.get_context('spawn')
     with concurrent.futures.ProcessPoolExecutor(f.parallel, mp_context=context) as pool:
-      futures = {pool.submit(run_one, f.config, f.set, a, s, w): (a, s)
-                 for a, s, w in todo}
+      futures = {pool.submit(run_one, base_json, a, s, w): (a, s) for a, s, w in todo}
       for future in concurrent.futures.as_completed(futures):
         a, s = futures[future]
         m = future.result()
         print(f'{a} seed {s}: 10-view top-1 {100 * m["10view_top1_error"]:.2f}%, top-5 '
               f'{100 * m["10view_top5_error"]:.2f}%', flush=True)
-  rows = summarize(f.out, ablations, f.seeds)
+  rows = summarize(f.out, ablations, f.seeds, f.config)
   print(write_table(rows, f.out))
   plot(rows, f.out)
   print(f'written: {f.out}/ablations.md, ablations.csv, ablations.png')
@@ -257,4 +279,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

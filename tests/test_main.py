@@ -51,13 +51,34 @@ def test_main_runs_the_default_job(tmp_path):
   assert final['step'] == 8 and final['1view_top1_error'] < 0.9  # Better than chance.
 
 
-def test_main_reports_a_bad_config_in_one_line(tmp_path):
-  result = helpers.run_python('-m', 'alexnet_jax.main', f'--workdir={tmp_path}',
-                              '--config.model.activation=gelu')
-  assert result.returncode != 0
-  assert result.stderr.strip().splitlines()[-1] == (
-      "error: model.activation: must be 'relu' or 'tanh', got 'gelu'")
-  assert 'Traceback' not in result.stderr
+@pytest.mark.parametrize('args,line', [
+    (['--config.model.activation=gelu'],
+     "error: model.activation: must be 'relu' or 'tanh', got 'gelu'"),
+    (['--config.optim.base_rate=0.1'],
+     "error: optim.base_rate: no such config field (did you mean 'optim.base_lr'?)"),
+    (['--config.optim.base_lr=abc'],
+     "error: flag --config.optim.base_lr=abc: could not convert string to float: 'abc'"),
+    (['--config=configs/paper.py:cuda_convent'],
+     "error: recipe: unknown recipe 'cuda_convent' (did you mean 'cuda_convnet'?); choose "
+     'one of paper, cuda_convnet, one_tower, no_lrn, no_overlap, no_cross_tower, no_conv4, '
+     'caffe, owt, small'),
+    (['--config=configs/paper.py', '--config.model.variant=owt'],
+     "error: model.variant: the recipe is chosen by name, as the config file's argument: "
+     '--config=configs/paper.py:<recipe> (--config=configs/paper.py:list lists them)'),
+    (['--config.recipe=owt'], "error: recipe: the recipe is chosen by name"),
+], ids=['bad-value', 'unknown-field', 'wrong-type', 'unknown-recipe', 'variant', 'recipe'])
+def test_main_reports_a_bad_config_in_one_line_with_exit_2(tmp_path, args, line):
+  result = helpers.run_python('-m', 'alexnet_jax.main', f'--workdir={tmp_path / "run"}', *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(line), result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr and not (tmp_path / 'run').exists()
+
+
+def test_main_lists_the_recipes():
+  result = helpers.run_python('-m', 'alexnet_jax.main', '--config=configs/paper.py:list')
+  assert result.returncode == 0
+  assert ('| no_overlap | run 145 with non-overlapping 2x2 stride-2 pooling | cuda-convnet '
+          'layers-147.cfg (run 147: 41.06 / 18.51) | 60,965,224 |') in result.stdout
 
 
 def test_main_restarts_itself_with_huge_pages_unless_told_otherwise():
