@@ -31,7 +31,7 @@ EVAL_SPLITS = ('validation', 'test')  # An image folder's val/ is its 'validatio
 FOLDER_STATS_SAMPLE = 256
 DIGITS_TEST_FRACTION = 0.2  # A fixed 80/20 split of scikit-learn's 1797 digits.
 
-# ImageNet's RGB statistics in 0-255 units (paper.md s4): the code's per-axis lighting scales
+# ImageNet's RGB statistics in 0-255 units (docs/paper.md s4): the code's per-axis lighting scales
 # (square roots of the covariance's eigenvalues) and eigenvectors (columns).
 IMAGENET_EIGVAL = (19.72**2, 37.09**2, 121.78**2)
 IMAGENET_EIGVEC = ((0.4180, -0.7126, -0.5635),

@@ -31,7 +31,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import sharding
 
 CENTER = 4  # ten_views' index of the center crop.
-PAPER_ROWS = {  # paper.md s5: ILSVRC-2012 validation, 10 views, (top-1, top-5) %.
+PAPER_ROWS = {  # docs/paper.md s5: ILSVRC-2012 validation, 10 views, (top-1, top-5) %.
     1: ('paper, 1 CNN', 40.7, 18.2), 5: ('paper, 5 CNNs', 38.1, 16.4),
     7: ('paper, 7 CNNs', 36.7, 15.4)}
 

@@ -244,7 +244,7 @@ class ModelSpec(_ModelFields):
 
 def within_map_norm(x: jax.Array, *, size: int = 5, scale: float = 1e-3, beta: float = 0.75,
                     k: float = 1.0) -> jax.Array:
-  """cuda-convnet's extra normalization after LRN2 (paper.md s2.4), within each map.
+  """cuda-convnet's extra normalization after LRN2 (docs/paper.md s2.4), within each map.
 
   b = a / (k + scale/size^2 * sum over a size x size spatial window of a^2) ** beta; like
   the code's cross-map LRN, the scale is divided by the number of terms in the window.

@@ -3,7 +3,7 @@
 Layouts (every array float32):
   * `owt`: torchvision's `alexnet` state dict exactly (`features.{0,3,6,8,10}`,
     `classifier.{1,4,6}`), so torchvision's published weights load and give its logits.
-  * every other variant: Caffe's bvlc_alexnet blobs under the names `conv1`..`conv5`,
+  * every other recipe: Caffe's bvlc_alexnet blobs under the names `conv1`..`conv5`,
     `fc6`..`fc8` with `.weight` and `.bias`. Conv weights are (out, in/groups, kh, kw) where a
     layer that reads only its own tower has groups = towers (conv2, conv4, conv5 of the paper's
     net); output channels are tower-major (tower 0's first); dense weights are (out, in), with

@@ -27,7 +27,7 @@ import helpers
 
 BATCH, STEPS_PER_EPOCH = 16, 3
 FLAGS = ['--config.progress=False', f'--config.batch_size={BATCH}', '--config.model.width=0.125',
-         f'--config.steps_per_epoch={STEPS_PER_EPOCH}', '--config.checkpoint_keep=5']
+         f'--config.steps_per_epoch={STEPS_PER_EPOCH}', '--config.checkpoint.keep=5']
 TIMEOUT_S = 240  # A 2-process run of 2 epochs takes 15-25 s on 2 cores.
 
 

@@ -14,11 +14,13 @@ import time
 import pytest
 
 from alexnet_jax import checkpoint
+from alexnet_jax import inference
 import helpers
+import item_folder
 
 pytestmark = pytest.mark.slow
 STEPS_PER_EPOCH, EPOCHS = 4, 8
-RUN_FLAGS = (f'--config.steps_per_epoch={STEPS_PER_EPOCH}', '--config.checkpoint_keep=2')
+RUN_FLAGS = (f'--config.steps_per_epoch={STEPS_PER_EPOCH}', '--config.checkpoint.keep=2')
 TIMEOUT_S = 300
 
 
@@ -72,6 +74,20 @@ def test_main_reports_a_bad_config_in_one_line_with_exit_2(tmp_path, args, line)
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1].startswith(line), result.stderr[-2000:]
   assert 'Traceback' not in result.stderr and not (tmp_path / 'run').exists()
+
+
+def test_the_cpu_recipe_for_your_own_images_runs_with_nothing_but_the_path(tmp_path):
+  """configs/folder.py:small on a tiny 10-class folder of 28x28 photos: the classes, the size
+  and the batch come from the data (the full-size figure is in experiments/BENCHMARKS.md)."""
+  root = item_folder.build(str(tmp_path / 'items'), train=40, test=20)
+  result = helpers.run_python('-m', 'alexnet_jax.main', '--config=configs/folder.py:small',
+                              f'--config.data.path={root}', f'--workdir={tmp_path / "run"}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  final = json.load(open(tmp_path / 'run' / 'final_metrics.json'))
+  assert final['step'] == 12 and 0 <= final['10view_top1_error'] <= 1  # 12 epochs of 1 step.
+  trained = inference.load(str(tmp_path / 'run'))
+  assert trained.classes == tuple(str(c) for c in range(10))
+  assert (trained.config.model.image_size, trained.config.batch_size) == (25, 32)
 
 
 def test_main_lists_the_recipes():
@@ -166,14 +182,14 @@ def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tmp_path, uninterrupte
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
   """A file-size limit below the checkpoint's size makes every write past it fail as a full
   disk does; the run stops in one line and the checkpoint before stays usable."""
-  code, out = finish(start(tmp_path, '--config.num_epochs=1', '--config.checkpoint_keep=1'))
+  code, out = finish(start(tmp_path, '--config.num_epochs=1', '--config.checkpoint.keep=1'))
   assert code == 0, out[-3000:]
 
   def small_disk():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Writes fail with EFBIG instead.
     resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-  code, out = finish(start(tmp_path, '--config.num_epochs=2', '--config.checkpoint_keep=1',
+  code, out = finish(start(tmp_path, '--config.num_epochs=2', '--config.checkpoint.keep=1',
                            preexec_fn=small_disk))
   assert code == 1
   # Our one line; orbax's failed writer threads may print their own tracebacks around it.
@@ -181,7 +197,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
           'failed: File too large (errno 27); the checkpoints before it are kept'
           ) in out.splitlines()
   assert helpers.checkpoint_steps(tmp_path) == [STEPS_PER_EPOCH]
-  code, out = finish(start(tmp_path, '--config.num_epochs=2', '--config.checkpoint_keep=1'))
+  code, out = finish(start(tmp_path, '--config.num_epochs=2', '--config.checkpoint.keep=1'))
   assert code == 0 and f'resumed from step {STEPS_PER_EPOCH}' in out, out[-3000:]
   # The newest is kept whatever the validation errors were (the best may be kept beside it).
   assert helpers.checkpoint_steps(tmp_path)[-1] == 2 * STEPS_PER_EPOCH

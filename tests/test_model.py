@@ -1,4 +1,5 @@
-"""The model: the paper's layers, parameter counts, init, LRN, variants and their errors."""
+"""The model: the paper's layers, parameter counts, init, LRN, each recipe's net, and one-line
+errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,7 +205,7 @@ def test_same_seed_same_weights_on_every_mesh():
 
 
 def lrn_loop(a, n, alpha, beta, k, alpha_over_n):
-  """The formula of paper s3.3, one channel at a time."""
+  """The LRN formula (docs/paper.md s1), one channel at a time."""
   c_total = a.shape[-1]
   out = np.empty_like(a)
   scale = alpha / n if alpha_over_n else alpha

@@ -1,6 +1,6 @@
 """Independent references in plain PyTorch, fed our exported (PyTorch-layout) state dicts.
 
-`reference_logits` is the single-device formulation of any variant: grouped convolutions for
+`reference_logits` is the single-device formulation of any recipe's net: grouped convolutions for
 the layers that read one tower, torch's own LocalResponseNorm applied per tower (or across
 all channels for Caffe), NCHW layout, a (C, H, W) flatten. `TorchvisionAlexNet` is
 torchvision's module structure, key for key, so `load_state_dict(strict=True)` proves that
