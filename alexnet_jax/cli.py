@@ -1,4 +1,5 @@
-"""What the command lines share: the `--config` flag, and a bad config as one line.
+"""What the command lines share: the `--config` flag, a bad config as one line, and the
+flags that name a trained model (evaluate, predict, features).
 
 Every command (main, evaluate, predict, features, the sweep and the figure scripts) reads its
 config through `define_config_flag`, overrides it as `--config.section.field=value`, and
@@ -10,13 +11,16 @@ exit status 2, before anything is built or trained.
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 import sys
 
+from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from alexnet_jax import config as config_lib
+from alexnet_jax import inference
 from alexnet_jax import recipes
 
 EXIT_BAD_CONFIG = 2  # As for any other bad command line.
@@ -31,6 +35,34 @@ def define_config_flag(default: str | None, help_text: str) -> None:
     config_flags.DEFINE_config_file('config', default, help_text)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     fail(explain(e))
+
+
+class _AboveTheBar(logging.Handler):
+  """The project's events, one line each, written above any progress bar (tqdm.write)."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      message = record.getMessage()
+      if record.levelno >= logging.WARNING:
+        message = f'{record.levelname.lower()}: {message}'
+      tqdm.write(message, file=sys.stderr)
+    except Exception:  # pylint: disable=broad-except
+      self.handleError(record)
+
+
+def setup_logging() -> None:
+  """Libraries' INFO lines (orbax, absl, grain, jax) hidden unless -v/--verbosity asks for
+  them; the project's own events (`alexnet_jax.*` loggers) as short lines on stderr. Call
+  after the flags are parsed (absl's app.run sets INFO)."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS['verbosity'].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  project = logging.getLogger('alexnet_jax')
+  if not any(isinstance(h, _AboveTheBar) for h in project.handlers):
+    project.addHandler(_AboveTheBar())
+  project.setLevel(logging.INFO)
+  project.propagate = False
 
 
 def fail(message: str) -> None:
@@ -79,11 +111,20 @@ def explain(e: Exception) -> str:
   return last
 
 
+def _config_argument(argv: list[str]) -> str:
+  """The value of --config, given as `--config=FILE` or `--config FILE` ('' if absent)."""
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return ''
+
+
 def check_command_line(argv: list[str]) -> None:
   """`--config=FILE:list` prints the recipes and exits; setting the recipe as a field, or a
   field the schema does not have, fails in one line."""
-  config_arg = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), '')
-  if config_arg.endswith(':list'):
+  if _config_argument(argv).endswith(':list'):
     print(recipes.table())
     raise SystemExit(0)
   field = _recipe_override(argv)
@@ -104,3 +145,32 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     fail(explain(e))
+
+
+# ---- The flags that name a trained model -----------------------------------------------------
+
+
+def define_model_flags(*, ensemble: bool = False) -> None:
+  """--workdir / --checkpoint / --weights (+ --config), and --ensemble where it makes sense."""
+  flags.DEFINE_string('workdir', None, 'A training work directory: its newest good checkpoint.')
+  flags.DEFINE_string('checkpoint', None, 'One checkpoint: WORKDIR/checkpoints/STEP.')
+  flags.DEFINE_string('weights', None, 'A .npz/.pth state dict (needs --config); its '
+                      'preprocessing record is the .preprocessing.json beside it, if any.')
+  define_config_flag(
+      None, 'The config (file.py:recipe) of --weights; for a checkpoint, its data section '
+      "replaces the run's (to use other data).")
+  if ensemble:
+    flags.DEFINE_list('ensemble', None, 'Several models (work directories, checkpoints or '
+                      'weights files), their softmax averaged.')
+
+
+def models_from_flags(more: list[str] = ()) -> list[inference.Trained]:
+  """The models the flags name; `more` (positional arguments) extend --ensemble, so both
+  `--ensemble=A,B,C` and `--ensemble A B C` work."""
+  f = flags.FLAGS
+  single = [r for r in (f.workdir, f.checkpoint, f.weights) if r]
+  ensemble = (getattr(f, 'ensemble', None) or []) + list(more)
+  if len(single) + bool(ensemble) != 1:
+    raise app.UsageError('give exactly one of --workdir, --checkpoint, --weights'
+                         + (', --ensemble' if 'ensemble' in f else ''))
+  return [inference.load(r, config=f.config) for r in (ensemble or single)]

@@ -9,6 +9,8 @@ This module imports nothing of the project: configs, recipes and the model all i
 """
 from __future__ import annotations
 
+import json
+
 import ml_collections
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
@@ -77,6 +79,10 @@ def data_fields() -> ml_collections.ConfigDict:
   # s4: the code divides training crops that carry lighting noise by 1 + lighting_std (1.1);
   # evaluation crops are never divided.
   c.lighting_rescale = False
+  # How pixels become inputs (alexnet_jax/preprocess.py): 'data', this config's own (the two
+  # fields below, the training set's statistics); 'torchvision' or 'caffe', the preprocessing
+  # their published weights expect (s6).
+  c.preprocessing = 'data'
   c.mean = 'image'  # Subtract the per-pixel mean image ('image', the code) or per channel ('rgb').
   c.divide = 1.0  # Divide every mean-subtracted input by this (1: the paper's 0-255 scale).
   # Take the class count and names, the image size and a batch no larger than the training
@@ -85,6 +91,10 @@ def data_fields() -> ml_collections.ConfigDict:
   c.normalize_on_host = False  # Mean and lighting in the input workers, not in the step.
   c.workers = 0  # grain worker processes (0: in the main process).
   c.prefetch = 2  # Batches buffered per worker, and reader threads.
+  # Bad examples (unreadable, damaged or oversized) are skipped, named and counted; above this
+  # fraction of the examples seen (and at least datasets.MIN_BAD_TO_STOP of them) the run stops.
+  c.max_bad_fraction = 0.001
+  c.max_image_pixels = 100_000_000  # More declared in a file's header: a bad example.
   return c
 
 
@@ -158,6 +168,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_nonfinite_steps = 10  # Stop after more non-finite losses than this in a row.
   c.log_every_steps = 1  # Training metrics to metrics.jsonl and TensorBoard.
   c.progress = True  # The terminal progress bar.
+  c.reevaluate = False  # Re-running a finished run evaluates it again (else: one line, exit 0).
+  # 'A:B': a jax.profiler trace of steps A to B (1-based, inclusive) in WORKDIR/tensorboard.
+  c.profile_steps = ''
   c.model = model_fields()
   c.data = data_fields()
   c.optim = optim_fields()
@@ -166,3 +179,37 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = distributed_fields()
   c.transfer = transfer_fields()
   return c
+
+
+def from_saved(text: str) -> ml_collections.ConfigDict:
+  """The config a checkpoint saved (JSON), in today's schema: fields it lacks take
+  `base_config()`'s values, and the fields of configs saved before recipes existed are
+  translated (model.variant -> recipe, fc_units n -> (n, n), pytorch_init -> init,
+  checkpoint_keep -> checkpoint.keep). A field the schema does not know is a one-line error."""
+  saved = json.loads(text)
+  model = saved.get('model', {})
+  if 'variant' in model:  # Before recipes.
+    saved.setdefault('recipe', model['variant'])
+    if model.pop('variant') == 'owt':
+      model['weights_layout'] = 'torchvision'
+  if isinstance(model.get('fc_units'), int):
+    model['fc_units'] = (model['fc_units'],) * 2
+  if 'pytorch_init' in model:
+    model['init'] = 'pytorch' if model.pop('pytorch_init') else 'gaussian'
+  for old, new in (('checkpoint_keep', 'keep'), ('checkpoint_every_epochs', 'every_epochs')):
+    if old in saved:
+      saved.setdefault('checkpoint', {})[new] = saved.pop(old)
+  config = base_config()
+
+  def overlay(target, values, prefix=''):
+    for key, value in values.items():
+      if key not in target:
+        raise ValueError(f'checkpoint: its config has {prefix}{key}, which this version of '
+                         'alexnet_jax does not know')
+      if isinstance(value, dict):
+        overlay(target[key], value, f'{prefix}{key}.')
+      else:
+        target[key] = tuple(value) if isinstance(value, list) else value
+
+  overlay(config, saved)
+  return config

@@ -14,15 +14,15 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
-import json
+import importlib.util
 import os
-
 
 import numpy as np
 from PIL import Image
 
 from alexnet_jax import images
-from alexnet_jax import prepare
+from alexnet_jax import preprocess
+from alexnet_jax import records
 
 SOURCES = ('digits', 'prepared', 'folder', 'tfds', 'auto')
 EVAL_SPLITS = ('validation', 'test')  # An image folder's val/ is its 'validation'.
@@ -30,19 +30,42 @@ EVAL_SPLITS = ('validation', 'test')  # An image folder's val/ is its 'validatio
 # images, spread evenly over it.
 FOLDER_STATS_SAMPLE = 256
 DIGITS_TEST_FRACTION = 0.2  # A fixed 80/20 split of scikit-learn's 1797 digits.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm')
+FOLDER_SPLITS = ('train', 'validation', 'val', 'test')
+# A run stops on bad examples only past data.max_bad_fraction of those seen AND this many: one
+# damaged file early in a small dataset is skipped, not fatal.
+MIN_BAD_TO_STOP = 10
+# More bad examples than this in a row is not bad luck but bad data: one line, not a search.
+MAX_BAD_IN_A_ROW = 64
 
-# ImageNet's RGB statistics in 0-255 units (docs/paper.md s4): the code's per-axis lighting scales
-# (square roots of the covariance's eigenvalues) and eigenvectors (columns).
-IMAGENET_EIGVAL = (19.72**2, 37.09**2, 121.78**2)
-IMAGENET_EIGVEC = ((0.4180, -0.7126, -0.5635),
-                   (-0.8170, -0.0235, -0.5762),
-                   (0.3973, 0.7012, -0.5920))
-IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
-IMAGENET_STD_RGB = (58.39, 57.12, 57.38)
+# ImageNet's RGB statistics: defined with the preprocessing record that uses them.
+IMAGENET_EIGVAL = preprocess.IMAGENET_EIGVAL
+IMAGENET_EIGVEC = preprocess.IMAGENET_EIGVEC
+IMAGENET_MEAN_RGB = preprocess.IMAGENET_MEAN_RGB
+IMAGENET_STD_RGB = preprocess.IMAGENET_STD_RGB
 
 
 class DataError(ValueError):
   """A data configuration or directory that cannot work (one line)."""
+
+
+class BadExample(Exception):
+  """One example that cannot be used: `where` it is (shard and record, or file), and why."""
+
+  def __init__(self, where: str, why: str):
+    super().__init__(f'{where}: {why}')
+    self.where, self.why = where, why
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One example in a set of files: where its bytes are, its label and a name for reports."""
+  name: str
+  label: int
+  path: str = ''  # A file; or, with `size` > 0, a tar archive holding the bytes at `offset`.
+  offset: int = 0
+  size: int = -1
+  tfds_index: int = -1  # A record of a tfds data source instead.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +89,7 @@ class Stats:
       image_sum += block.sum(0, dtype=np.float64)
       rgb_sum += pixels.sum(0)
       rgb_outer += pixels.T @ pixels
-    s = prepare.pixel_statistics(image_sum, rgb_sum, rgb_outer, len(images_u8))
+    s = records.pixel_statistics(image_sum, rgb_sum, rgb_outer, len(images_u8))
     return cls.from_metadata(classes, s, image_sum / len(images_u8))
 
   @classmethod
@@ -89,12 +112,59 @@ class ArraySource:
   def __getitem__(self, i: int):
     return self.images[i], int(self.labels[i])
 
+  def where(self, i: int) -> str:
+    return f'example {i}'
+
+
+class Checked:
+  """A source whose bad examples never stop a run.
+
+  `read(i)` gives (image, label, bad). Training (`replace`): a bad example's place is taken by
+  the next good one (i + 1, i + 2, ..., wrapping around), a pure function of i, so the same
+  batches on every run, resume and process count; `bad` says how many were passed over. Its
+  names come from `describe`. Evaluation: a bad example comes back as a blank image with
+  bad=1, to be masked out and counted beside the error rates.
+  """
+
+  def __init__(self, source, *, replace: bool):
+    self.source, self.replace = source, replace
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def read(self, i: int):
+    n = len(self.source)
+    for passed in range(min(n, MAX_BAD_IN_A_ROW)):
+      try:
+        image, label = self.source[(i + passed) % n]
+        return image, label, passed
+      except BadExample as e:
+        if not self.replace:
+          return None, 0, 1
+        last = e
+    raise DataError(f'data: {min(n, MAX_BAD_IN_A_ROW)} bad examples in a row, the last '
+                    f'{last}; the data is damaged, not an example')
+
+  def describe(self, i: int) -> str:
+    """`where: why` of bad example `i` (read again, in this process)."""
+    try:
+      self.source[i]
+      return f'{self.source.where(i)}: reads now'
+    except BadExample as e:
+      return str(e)
+
 
 @functools.lru_cache(maxsize=1)
-def _sklearn_digits():
-  """Read once per process: both splits come from it."""
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  return load_digits()
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+  """(images (1797, 8, 8) in 0..16, labels): scikit-learn's digits file, read once per
+  process (both splits come from it) without importing scikit-learn, which takes 2 s, a
+  tenth of the embedded default's whole run. `load_digits` reads the same file."""
+  spec = importlib.util.find_spec('sklearn')
+  if spec is None or not spec.submodule_search_locations:
+    raise DataError('data.source=digits needs scikit-learn (pip install scikit-learn)')
+  path = os.path.join(spec.submodule_search_locations[0], 'datasets', 'data', 'digits.csv.gz')
+  table = np.loadtxt(path, delimiter=',', dtype=np.float64)
+  return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int32)
 
 
 @functools.lru_cache(maxsize=4)
@@ -106,14 +176,14 @@ def digits(split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
   """
   if split not in ('train', 'test'):
     raise DataError(f"data.train_split/eval_split: digits has 'train' and 'test', not {split!r}")
-  d = _sklearn_digits()
-  order = np.random.default_rng(0).permutation(len(d.target))
+  images, labels = _sklearn_digits()
+  order = np.random.default_rng(0).permutation(len(labels))
   n_test = int(round(len(order) * DIGITS_TEST_FRACTION))
   index = order[n_test:] if split == 'train' else order[:n_test]
-  grey = (d.images[index] * (255.0 / 16.0)).astype(np.uint8)
+  grey = (images[index] * (255.0 / 16.0)).astype(np.uint8)
   resized = np.stack([np.asarray(Image.fromarray(g).resize((image_size, image_size),
                                                            Image.BILINEAR)) for g in grey])
-  return np.repeat(resized[..., None], 3, axis=-1), d.target[index].astype(np.int32)
+  return np.repeat(resized[..., None], 3, axis=-1), labels[index]
 
 
 @functools.lru_cache(maxsize=4)
@@ -122,7 +192,9 @@ def _digits_stats(image_size: int) -> Stats:
 
 
 class PreparedSource:
-  """Records written by `alexnet_jax.prepare`, read by index (picklable for grain workers)."""
+  """Examples written by `alexnet_jax.prepare` (records.py), read by index through grain's
+  ArrayRecordDataSource (picklable for grain workers). A record that fails its checksum or
+  does not decode raises BadExample naming its shard, record and original file."""
 
   def __init__(self, directory: str, split: str):
     self.directory, self.split = directory, split
@@ -133,76 +205,102 @@ class PreparedSource:
     info = meta['splits'][split]
     self.format, self.size = meta['format'], meta['image_size']
     self.starts = np.concatenate([[0], np.cumsum(info['shard_counts'])]).tolist()
-    self._shards = None
-
-  def _open(self):
-    shards = []
-    for shard in range(len(self.starts) - 1):
-      data_path, index_path = prepare.shard_paths(self.directory, self.split, shard)
-      with np.load(index_path) as index:
-        offsets, labels = index['offsets'], index['labels']
-      data = (np.memmap(data_path, np.uint8, 'r') if offsets[-1] else np.zeros(0, np.uint8))
-      shards.append((data, offsets, labels))
-    self._shards = shards
-
-  def __getstate__(self):
-    return {k: v for k, v in self.__dict__.items() if k != '_shards'} | {'_shards': None}
+    self.shards = [records.Shard(records.shard_path(directory, split, i))
+                   for i in range(len(info['shard_counts']))]
 
   def __len__(self) -> int:
     return self.starts[-1]
 
-  def record(self, i: int) -> tuple[bytes | np.ndarray, int]:
-    if self._shards is None:
-      self._open()
+  def locate(self, i: int) -> tuple[int, int]:
     shard = bisect.bisect_right(self.starts, i) - 1
-    data, offsets, labels = self._shards[shard]
-    j = i - self.starts[shard]
-    return data[offsets[j]:offsets[j + 1]], int(labels[j])
+    return shard, i - self.starts[shard]
+
+  def where(self, i: int) -> str:
+    """`split-NNNNN.array_record record j (original file)`, for reports."""
+    shard, j = self.locate(i)
+    names = _shard_names(records.stats_path(self.directory, self.split, shard))
+    name = f' ({names[j]})' if j < len(names) else ''
+    return f'{os.path.basename(self.shards[shard].path)} record {j}{name}'
+
+  def example(self, i: int) -> records.Example:
+    """Example `i` as stored (the encoded image), checked; BadExample if damaged."""
+    shard, j = self.locate(i)
+    try:
+      return records.decode(self.shards[shard][j])
+    except records.BadRecord as e:
+      raise BadExample(self.where(i), str(e)) from None
 
   def __getitem__(self, i: int):
-    return self.load(i)
+    """(image (S, S, 3) uint8, label), or BadExample."""
+    example = self.example(i)
+    try:
+      if self.format == 'raw':
+        image = np.frombuffer(example.image, np.uint8)
+        if image.size != self.size * self.size * 3:
+          raise images.BadImage(f'{image.size} bytes, not a {self.size}x{self.size} image')
+        return image.reshape(self.size, self.size, 3), example.label
+      image = images.decode_prepared_jpeg(example.image)
+      if image.shape != (self.size, self.size, 3):
+        raise images.BadImage(f'decodes to {image.shape}, not ({self.size}, {self.size}, 3)')
+      return image, example.label
+    except images.BadImage as e:
+      raise BadExample(self.where(i), str(e)) from None
 
-  def load(self, i: int):
-    """(image, label): (S, S, 3) uint8 (a view of the file for raw records)."""
-    record, label = self.record(i)
-    if self.format == 'raw':
-      return np.asarray(record).reshape(self.size, self.size, 3), label
-    return images.decode_prepared_jpeg(record), label
+
+@functools.lru_cache(maxsize=64)
+def _shard_names(stats_file: str) -> tuple[str, ...]:
+  """The original file of each record of a shard (its stats file, written by prepare)."""
+  try:
+    with np.load(stats_file) as stats:
+      return tuple(stats['names'].tolist())
+  except (OSError, KeyError, ValueError):
+    return ()
 
 
 class FolderSource:
-  """`root/<split>/<class>/<image>` decoded and resized on every read (prefer `prepare`)."""
+  """`root/<split>/<class>/<image>` decoded and turned into canvases (the preprocessing
+  record's resize rule) on every read (prefer `prepare` for large sets)."""
 
-  def __init__(self, root: str, split: str, size: int):
+  def __init__(self, root: str, split: str, canvas: preprocess.Preprocessing,
+               max_pixels: int = images.MAX_IMAGE_PIXELS):
     classes, splits = list_folder(root)
     if split not in splits:
       raise DataError(f'data.path: {root!r} has no {split!r} folder')
-    self.classes, self.items, self.size = classes, splits[split], size
-
-
+    self.classes, self.items, self.canvas = classes, splits[split], canvas
+    self.max_pixels = max_pixels
 
   def __len__(self) -> int:
     return len(self.items)
 
+  def where(self, i: int) -> str:
+    return self.items[i].path
+
   def __getitem__(self, i: int):
+    """(canvas, label), or BadExample: a file that is unreadable, empty, not an image,
+    truncated, or declares more than `max_pixels`."""
     item = self.items[i]
-    with open(item.path, 'rb') as f:
-      data = f.read()
     try:
-      return images.load_resized(data, self.size), item.label
-    except images.BadImage as e:
-      raise DataError(f'data: unreadable image {item.path!r} ({e}); run '
-                      'alexnet_jax.prepare to skip such files') from None
+      with open(item.path, 'rb') as f:
+        return self.canvas.load(f.read(), self.max_pixels), item.label
+    except (OSError, images.BadImage) as e:
+      raise BadExample(item.path, str(e) or type(e).__name__) from None
 
 
 @functools.lru_cache(maxsize=4)
-def _folder_stats(root: str, split: str, size: int) -> Stats:
+def _folder_stats(root: str, split: str, canvas: preprocess.Preprocessing) -> Stats:
   """Pixel statistics of up to FOLDER_STATS_SAMPLE of a folder's images, spread evenly over
   it, as `prepare` computes them for all (read once per process)."""
-  folder = FolderSource(root, split, size)
+  folder = FolderSource(root, split, canvas)
   step = max(1, len(folder) // FOLDER_STATS_SAMPLE)
-  sample = np.stack([folder[i][0] for i in range(0, len(folder), step)[:FOLDER_STATS_SAMPLE]])
-  return Stats.of_images(tuple(folder.classes), sample)
+  sample = []
+  for i in range(0, len(folder), step)[:FOLDER_STATS_SAMPLE]:
+    try:
+      sample.append(folder[i][0])
+    except BadExample:  # Skipped here; named and counted when training reads it.
+      continue
+  if not sample:
+    raise DataError(f'data.path: none of the images sampled in {root!r}/{split} can be read')
+  return Stats.of_images(tuple(folder.classes), np.stack(sample))
 
 
 class TfdsSource:
@@ -220,9 +318,19 @@ class TfdsSource:
   def __len__(self) -> int:
     return len(self.source)
 
+  def where(self, i: int) -> str:
+    return f'{self.name} {self.split}[{i}]'
+
   def __getitem__(self, i: int):
-    record = self.source[i]
-    return images.array_resized(np.asarray(record['image']), self.size), int(record['label'])
+    try:
+      record = self.source[i]
+      image = np.asarray(record['image'])
+      if image.ndim not in (2, 3) or 0 in image.shape:
+        raise ValueError(f'an image of shape {image.shape}')
+      return images.array_resized(image, self.size), int(record['label'])
+    except Exception as e:  # pylint: disable=broad-except  # tfds's decoders raise many types.
+      raise BadExample(self.where(i), str(e).splitlines()[0][:200] if str(e) else
+                       type(e).__name__) from None
 
   def classes(self) -> tuple[str, ...]:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -230,22 +338,45 @@ class TfdsSource:
 
 
 def read_metadata(directory: str) -> dict:
-  path = os.path.join(directory, prepare.METADATA)
   if not os.path.isdir(directory):
     raise DataError(f'data.path: no directory {directory!r}')
-  if not os.path.isfile(path):
-    raise DataError(f'data.path: {directory!r} is not a prepared dataset (no '
-                    f'{prepare.METADATA}); run python -m alexnet_jax.prepare first')
-  with open(path) as f:
-    return json.load(f)
-
-
-def list_folder(root: str):
-  """(classes, {split: items}) of an image folder, or a one-line DataError naming data.path."""
   try:
-    return prepare.list_folder(root)
-  except prepare.PrepareError as e:
-    raise DataError(str(e).replace('--input:', 'data.path:', 1)) from None
+    return records.read_metadata(directory)
+  except records.FormatError as e:
+    raise DataError(str(e)) from None
+
+
+def list_folder(root: str) -> tuple[list[str], dict[str, list[Item]]]:
+  """Classes and per-split items of `root/<split>/<class>/<image>` (classes: train's sorted
+  folders; `val/` is the 'validation' split), or a one-line DataError naming data.path."""
+  if not os.path.isdir(root):
+    raise DataError(f'data.path: no directory {root!r}')
+  splits = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(root, s))]
+  if 'val' in splits and 'validation' in splits:
+    raise DataError(f'data.path: {root!r} has both val/ and validation/; keep one')
+  if 'train' not in splits:
+    raise DataError(f'data.path: {root!r} has no train/ folder (expected '
+                    'root/<split>/<class>/<image>)')
+  classes = sorted(d for d in os.listdir(os.path.join(root, 'train'))
+                   if os.path.isdir(os.path.join(root, 'train', d)))
+  if not classes:
+    raise DataError(f'data.path: {os.path.join(root, "train")!r} has no class folders')
+  out = {}
+  for split in splits:
+    items = []
+    for c in sorted(os.listdir(os.path.join(root, split))):
+      folder = os.path.join(root, split, c)
+      if not os.path.isdir(folder):
+        continue
+      if c not in classes:
+        raise DataError(f'data.path: class folder {folder!r} is not a class of train/')
+      files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not files:
+        raise DataError(f'data.path: class folder {folder!r} holds no images')
+      items += [Item(os.path.join(split, c, f), classes.index(c), os.path.join(folder, f))
+                for f in files]
+    out['validation' if split == 'val' else split] = items
+  return classes, out
 
 
 def resolved_source(data) -> str:
@@ -253,7 +384,7 @@ def resolved_source(data) -> str:
   if data.source != 'auto':
     return data.source
   path = os.path.expanduser(data.path)
-  return 'prepared' if os.path.isfile(os.path.join(path, prepare.METADATA)) else 'folder'
+  return 'prepared' if records.is_prepared(path) else 'folder'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +431,15 @@ def open_source(data, split: str):
     raise DataError(f'data.source: must be one of {SOURCES}, got {data.source!r}')
   path = os.path.expanduser(data.path) if data.path else ''
   source = resolved_source(data) if path else data.source
+  if data.preprocessing not in preprocess.KINDS:
+    raise DataError(f'data.preprocessing: must be one of {preprocess.KINDS}, got '
+                    f'{data.preprocessing!r}')
+  if source != 'folder' and data.preprocessing != 'data':
+    # Only files read as they are can be resized the owners' way.
+    raise DataError(f'data.preprocessing: {data.preprocessing!r} resizes images its own way, '
+                    f'but the {source!r} source holds central squares; read the images from '
+                    'a folder (data.source=folder), or use the squares '
+                    '(data.preprocessing=data)')
   if source == 'digits':
     x, y = digits(split, data.image_size)
     return ArraySource(x, y), _digits_stats(data.image_size)
@@ -315,12 +455,13 @@ def open_source(data, split: str):
     if meta['image_size'] != data.image_size:
       raise DataError(f'data.image_size: {data.image_size} but {path!r} stores '
                       f'{meta["image_size"]}x{meta["image_size"]} images')
-    mean_file = os.path.join(path, prepare.MEAN_IMAGE)
+    mean_file = os.path.join(path, records.MEAN_IMAGE)
     mean_image = np.load(mean_file) if os.path.isfile(mean_file) else None
     stats = (Stats.from_metadata(meta['classes'], meta, mean_image) if 'eigval' in meta
              else Stats(classes=tuple(meta['classes'])))
     return PreparedSource(path, split), stats
-  folder = FolderSource(path, split, data.image_size)
+  canvas = preprocess.canvas_of(data)
+  folder = FolderSource(path, split, canvas, data.max_image_pixels)
   if split == data.train_split:
-    return folder, _folder_stats(path, split, data.image_size)
+    return folder, _folder_stats(path, split, canvas)
   return folder, Stats(classes=tuple(folder.classes))

@@ -19,8 +19,6 @@ import sys
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
-import numpy as np
 import tqdm
 
 from alexnet_jax import cli
@@ -30,33 +28,25 @@ from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import sharding
 
-CENTER = 4  # ten_views' index of the center crop.
 PAPER_ROWS = {  # docs/paper.md s5: ILSVRC-2012 validation, 10 views, (top-1, top-5) %.
     1: ('paper, 1 CNN', 40.7, 18.2), 5: ('paper, 5 CNNs', 38.1, 16.4),
     7: ('paper, 7 CNNs', 36.7, 15.4)}
 
 
-@jax.jit
-def _error_counts(model_views, labels, mask):
-  """(2, 3): top-1 errors, top-5 errors and examples of the models' averaged softmax, with 1
-  and with 10 views, summed over the valid rows. All on device, in one program."""
-  views = sum(model_views) / len(model_views)  # (B, 10, classes)
-  counts = []
-  for probs in (views[:, CENTER], views.mean(1)):
-    sums = evaluation.error_sums(probs, labels, mask, probs.shape[-1])
-    counts.append(jnp.stack([sums['top1_error'], sums['top5_error'], sums['count']]))
-  return jnp.stack(counts)
-
-
 def evaluate(models: list[inference.Trained], *, split: str | None = None,
              batch_size: int | None = None, progress: bool = True) -> dict:
   """Top-1/top-5 error with 1 and 10 views of the softmax averaged over `models`, on `split`
-  of the first model's data config (default: its eval split)."""
+  of the first model's data config (default: its eval split), each model seeing the canvases
+  through its own preprocessing record."""
   first = models[0]
   for m in models[1:]:
-    if (m.crop, len(m.classes)) != (first.crop, len(first.classes)):
-      raise ValueError(f'ensemble: {m.source} takes {m.crop}px crops over {len(m.classes)} '
-                       f'classes, {first.source} {first.crop}px over {len(first.classes)}')
+    same = (m.preprocessing.crop, m.preprocessing.resize, m.preprocessing.size, len(m.classes))
+    if same != (first.preprocessing.crop, first.preprocessing.resize,
+                first.preprocessing.size, len(first.classes)):
+      raise ValueError(f'ensemble: {m.source} reads {m.preprocessing.crop}px crops of '
+                       f'{m.preprocessing.resize} canvases over {len(m.classes)} classes, '
+                       f'{first.source} {first.preprocessing.crop}px of '
+                       f'{first.preprocessing.resize} ones over {len(first.classes)}')
   config = first.config
   split = split or config.data.eval_split
   mesh = first.net.mesh
@@ -68,19 +58,17 @@ def evaluate(models: list[inference.Trained], *, split: str | None = None,
   dataset = input_pipeline.eval_dataset(source, global_batch=batch_size, crop=None,
                                         workers=config.data.workers,
                                         prefetch=config.data.prefetch, rows=rows)
-  view_fns = [inference.probabilities_fn(m, 10, average=False) for m in models]
-  counts = np.zeros((2, 3))
   bar = tqdm.tqdm(total=-(-len(source) // batch_size), desc='evaluating', unit='batch',
                   disable=not progress or jax.process_index() > 0)
-  for batch in input_pipeline.global_batches(dataset, mesh, batch_size):
-    model_views = tuple(fn(batch['image']) for fn in view_fns)
-    counts += jax.device_get(_error_counts(model_views, batch['label'], batch['mask']))
-    bar.update()
+  counts, skipped = evaluation.ensemble_errors([(m.net, m.preprocessing) for m in models], dataset,
+                                      mesh, batch_size, on_batch=bar.update)
   bar.close()
-  result = {'models': [m.source for m in models], 'split': split}
+  result = {'models': [m.source for m in models], 'split': split,
+            'preprocessing': [m.preprocessing.summary() for m in models]}
   for views, (top1, top5, count) in zip((1, 10), counts):
     result[f'{views}view'] = {'top1_error': top1 / count, 'top5_error': top5 / count}
   result['examples'] = int(counts[0, 2])
+  result['skipped'] = skipped  # Bad examples, not evaluated (named on stderr).
   return result
 
 
@@ -102,7 +90,8 @@ def table(result: dict) -> str:
 def define_flags():
   """The command line's flags (defined only when run as a program, so that tests and
   notebooks can import this module beside the others)."""
-  inference.define_model_flags(ensemble=True)
+  cli.define_model_flags(ensemble=True)
+  flags.adopt_module_key_flags(cli)  # --help lists the model flags too.
   flags.DEFINE_string('split', None, 'The split to evaluate (default: the config\'s eval split).')
   flags.DEFINE_integer('batch_size', 0, 'Global batch (default: the config\'s).')
   flags.DEFINE_string('output', None, 'JSON file (default: evaluation.json in the work '
@@ -111,11 +100,12 @@ def define_flags():
 
 
 def main(argv):
+  cli.setup_logging()
   f = flags.FLAGS
   if len(argv) > 1 and not f.ensemble:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    models = inference.models_from_flags(more=argv[1:])
+    models = cli.models_from_flags(more=argv[1:])
     result = evaluate(models, split=f.split, batch_size=f.batch_size or None,
                       progress=f.progress)
   except (ValueError, inference.checkpoint_lib.CheckpointError) as e:
@@ -123,8 +113,12 @@ def main(argv):
   output = f.output or os.path.join(f.workdir or '.', 'evaluation.json')
   with open(output, 'w') as fp:
     json.dump(result, fp, indent=1)
-  print(f'{len(models)} model(s) on {result["examples"]} {result["split"]} examples '
-        f'({", ".join(result["models"])}):\n{table(result)}\nwritten to {output}')
+  records = '\n'.join(f'preprocessing of {m}: {p}'
+                      for m, p in zip(result['models'], result['preprocessing']))
+  skipped = (f' ({result["skipped"]} bad examples skipped: unreadable or damaged)'
+             if result['skipped'] else '')
+  print(f'{len(models)} model(s) on {result["examples"]} {result["split"]} examples{skipped}:\n'
+        f'{records}\n{table(result)}\nwritten to {output}')
   sys.stdout.flush()
 
 

@@ -1,7 +1,8 @@
-"""Loss and top-k errors, the paper's 1- and 10-view probabilities, and the evaluation loop.
+"""Loss and top-k errors, the paper's 1- and 10-view probabilities, and the evaluation loops.
 
-Training takes its loss and its validation from here; `evaluate`, `predict` (through
-`inference.probabilities_fn`) and the benchmark take the view probabilities and error sums.
+Training takes its loss and its validation from here, `evaluate` its table (one model or an
+ensemble), `predict` and `features` their probabilities: every path from uint8 canvases to
+outputs goes through the model's `preprocess.Preprocessing` record.
 
 The loop keeps at most two steps in flight. XLA:CPU's client runs a computation that spans
 several local devices on a thread pool as large as the machine's cores, and lets 32
@@ -19,9 +20,12 @@ import numpy as np
 from flax import nnx
 
 from alexnet_jax import input_pipeline
+from alexnet_jax import preprocess
 from alexnet_jax import sharding
 
-TOTALS = ('loss', 'top1_error', 'top5_error', 'count')  # What an evaluation step sums.
+# What an evaluation step sums: the loss and errors over the examples evaluated, their count,
+# and the bad examples skipped (unreadable or damaged: named by the run, never silent).
+TOTALS = ('loss', 'top1_error', 'top5_error', 'count', 'skipped')
 
 
 def loss_and_errors(logits, labels, num_classes: int):
@@ -37,21 +41,44 @@ def loss_and_errors(logits, labels, num_classes: int):
   return loss, (rank >= 1).astype(jnp.float32), (rank >= 5).astype(jnp.float32)
 
 
-def per_view_probabilities(net, images_u8, mean, *, divide: float, crop: int, views: int):
-  """(B, views, classes) softmax of 1 view (`images_u8` are center crops) or of the paper's
-  10 views (`images_u8` are whole images: 4 corners, center, and their reflections)."""
+def per_view_probabilities(net, images_u8, preprocessing, arrays, *, views: int):
+  """(B, views, classes) softmax of 1 view (the center crop of `images_u8`, center crops or
+  whole canvases) or of the paper's 10 views (`images_u8` are whole canvases: 4 corners,
+  center, and their reflections)."""
+  crop = preprocessing.crop
+  if views == 1 and images_u8.shape[1] != crop:  # preprocess.center_crop, batched.
+    top, left = (images_u8.shape[1] - crop) // 2, (images_u8.shape[2] - crop) // 2
+    images_u8 = images_u8[:, top:top + crop, left:left + crop]
   if views == 10:
-    images_u8 = input_pipeline.ten_views(images_u8, crop)  # (B, 10, c, c, 3)
+    images_u8 = preprocess.ten_views(images_u8, preprocessing.crop)  # (B, 10, c, c, 3)
     images_u8 = images_u8.reshape((-1,) + images_u8.shape[2:])
-  no_lighting = jnp.zeros((images_u8.shape[0], 3), jnp.float32)
-  probs = jax.nn.softmax(net(input_pipeline.normalize(images_u8, no_lighting, mean, divide)))
+  probs = jax.nn.softmax(net(preprocess.normalize(images_u8, preprocessing, arrays)))
   return probs.reshape((-1, views, probs.shape[-1]))
 
 
-def view_probabilities(net, images_u8, mean, *, divide: float, crop: int, views: int):
+def view_probabilities(net, images_u8, preprocessing, arrays, *, views: int):
   """The softmax averaged over the views (paper s4)."""
-  return per_view_probabilities(net, images_u8, mean, divide=divide, crop=crop,
-                                views=views).mean(1)
+  return per_view_probabilities(net, images_u8, preprocessing, arrays, views=views).mean(1)
+
+
+def probabilities_fn(net, preprocessing, views: int, *, average: bool = True):
+  """A jitted uint8 batch -> class probabilities, averaged over `views` (1: the images are
+  center crops; 10: whole canvases), or per view (B, views, classes)."""
+  graphdef, params = nnx.split(net, nnx.Param)
+  arrays = replicated(preprocessing.arrays(), net.mesh)
+  probabilities = view_probabilities if average else per_view_probabilities
+
+  @jax.jit
+  def fn(params, images_u8, arrays):
+    return probabilities(nnx.merge(graphdef, params), images_u8, preprocessing, arrays,
+                         views=views)
+
+  return lambda images_u8: fn(params, images_u8, arrays)
+
+
+def replicated(tree, mesh):
+  """Host arrays -> the same arrays on every device of `mesh`."""
+  return jax.device_put(tree, sharding.named(mesh, sharding.REPLICATED))
 
 
 def error_sums(probs, labels, mask, num_classes: int) -> dict[str, jax.Array]:
@@ -62,21 +89,53 @@ def error_sums(probs, labels, mask, num_classes: int) -> dict[str, jax.Array]:
           'top5_error': jnp.sum(top5 * mask), 'count': jnp.sum(mask)}
 
 
-def make_eval_step(graphdef, *, num_classes: int, divide: float, crop: int, views: int):
-  """(totals, params, batch, mean) -> totals plus the batch's sums of loss and errors over
-  its valid examples, with 1 or 10 views: one compiled program per batch."""
+def make_eval_step(graphdef, *, num_classes: int, preprocessing, views: int):
+  """(totals, params, batch, arrays) -> totals plus the batch's sums of loss and errors over
+  its valid examples, with 1 or 10 views: one compiled program per batch. `arrays` are
+  `preprocessing.arrays()` on the mesh."""
 
   @jax.jit
-  def eval_step(totals, params, batch, mean):
-    probs = view_probabilities(nnx.merge(graphdef, params), batch['image'], mean,
-                               divide=divide, crop=crop, views=views)
+  def eval_step(totals, params, batch, arrays):
+    probs = view_probabilities(nnx.merge(graphdef, params), batch['image'], preprocessing,
+                               arrays, views=views)
     sums = error_sums(probs, batch['label'], batch['mask'], num_classes)
+    sums['skipped'] = jnp.sum(batch['bad'].astype(jnp.float32))
     return {k: totals[k] + sums[k] for k in TOTALS}
 
   return eval_step
 
 
-def evaluate(eval_step, params, dataset, mesh, mean, global_batch: int) -> dict[str, float]:
+CENTER = 4  # preprocess.ten_views' index of the center crop.
+
+
+@jax.jit
+def _ensemble_counts(model_views, labels, mask):
+  """(2, 3): top-1 errors, top-5 errors and examples of the models' averaged softmax, with 1
+  and with 10 views, summed over the valid rows. All on device, in one program."""
+  views = sum(model_views) / len(model_views)  # (B, 10, classes)
+  counts = []
+  for probs in (views[:, CENTER], views.mean(1)):
+    sums = error_sums(probs, labels, mask, probs.shape[-1])
+    counts.append(jnp.stack([sums['top1_error'], sums['top5_error'], sums['count']]))
+  return jnp.stack(counts)
+
+
+def ensemble_errors(models, dataset, mesh, global_batch: int, *, on_batch=lambda: None):
+  """((2, 3) numpy, bad examples skipped): summed top-1 errors, top-5 errors and examples,
+  with 1 and 10 views, of
+  the softmax averaged over `models` ([(net, preprocessing)]) on `dataset`'s whole canvases.
+  The counts of each batch are read before the next is dispatched (see the module doc)."""
+  view_fns = [probabilities_fn(net, p, 10, average=False) for net, p in models]
+  counts, skipped = np.zeros((2, 3)), 0
+  for batch in input_pipeline.global_batches(dataset, mesh, global_batch):
+    model_views = tuple(fn(batch['image']) for fn in view_fns)
+    counts += jax.device_get(_ensemble_counts(model_views, batch['label'], batch['mask']))
+    skipped += int(jax.device_get(jnp.sum(batch['bad'])))
+    on_batch()
+  return counts, skipped
+
+
+def evaluate(eval_step, params, dataset, mesh, arrays, global_batch: int) -> dict[str, float]:
   """Mean loss and top-1/top-5 error of `params` over `dataset` (this process's rows of
   padded, masked global batches), the same on every process.
 
@@ -94,10 +153,11 @@ def evaluate(eval_step, params, dataset, mesh, mean, global_batch: int) -> dict[
       break
     except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
       raise input_pipeline.input_error(e, 'during evaluation') from e
-    totals, previous = eval_step(totals, params, batch, mean), totals
+    totals, previous = eval_step(totals, params, batch, arrays), totals
     jax.block_until_ready(previous)
   totals = {k: float(v) for k, v in jax.device_get(totals).items()}
-  count = totals.pop('count')
+  count, skipped = totals.pop('count'), totals.pop('skipped')
   if not count:
-    raise ValueError('evaluation: the evaluation data holds no examples')
-  return {k: v / count for k, v in totals.items()}
+    raise ValueError('evaluation: the evaluation data holds no examples' +
+                     (f' that can be read ({skipped:.0f} skipped)' if skipped else ''))
+  return {k: v / count for k, v in totals.items()} | {'skipped': int(skipped)}

@@ -16,7 +16,6 @@ import os
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from PIL import Image
@@ -24,8 +23,9 @@ from PIL import Image
 from alexnet_jax import cli
 from alexnet_jax import images
 from alexnet_jax import inference
-from alexnet_jax import input_pipeline
+from alexnet_jax import evaluation
 from alexnet_jax import model as model_lib
+from alexnet_jax import preprocess
 from alexnet_jax import sharding
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm')
@@ -46,14 +46,13 @@ def extract(trained: inference.Trained, paths: list[str], *, point: str = 'fc7',
             batch_size: int = 64) -> tuple[np.ndarray, list[str]]:
   """(features (N, D) float32, the paths read); unreadable files are reported and left out."""
   mesh = trained.net.mesh
+  record = trained.preprocessing
   graphdef, params = nnx.split(trained.net, nnx.Param)
-  mean = jax.device_put(trained.mean, sharding.named(mesh, sharding.REPLICATED))
-  size = trained.config.data.image_size
+  arrays = evaluation.replicated(record.arrays(), mesh)
 
   @jax.jit
-  def fn(params, crops_u8, mean):
-    x = input_pipeline.normalize(crops_u8, jnp.zeros((crops_u8.shape[0], 3), jnp.float32),
-                                 mean, trained.divide)
+  def fn(params, crops_u8, arrays):
+    x = preprocess.normalize(crops_u8, record, arrays)
     out = nnx.merge(graphdef, params).features(x, point)
     return out.reshape((out.shape[0], -1))
 
@@ -61,8 +60,7 @@ def extract(trained: inference.Trained, paths: list[str], *, point: str = 'fc7',
   for path in paths:
     try:
       with open(path, 'rb') as f:
-        crops.append(input_pipeline.center_crop(images.load_resized(f.read(), size),
-                                                trained.crop))
+        crops.append(preprocess.center_crop(record.load(f.read()), record.crop))
       kept.append(path)
     except (OSError, images.BadImage) as e:
       print(f'{path}: cannot read ({e}); left out')
@@ -75,7 +73,7 @@ def extract(trained: inference.Trained, paths: list[str], *, point: str = 'fc7',
     n = len(chunk)
     chunk = np.concatenate([chunk, np.repeat(chunk[:1], step - n, 0)])  # A single shape.
     batch = jax.device_put(chunk, sharding.named(mesh, sharding.BATCH))
-    out.append(np.asarray(jax.device_get(fn(params, batch, mean)))[:n])
+    out.append(np.asarray(jax.device_get(fn(params, batch, arrays)))[:n])
   return np.concatenate(out).astype(np.float32), kept
 
 
@@ -108,7 +106,8 @@ def render_grid(paths: list[str], rows: list[list[int]], output: str, *,
 def define_flags():
   """The command line's flags (defined only when run as a program, so that tests and
   notebooks can import this module beside the others)."""
-  inference.define_model_flags()
+  cli.define_model_flags()
+  flags.adopt_module_key_flags(cli)  # --help lists the model flags too.
   flags.DEFINE_string('folder', None, 'A folder of images (searched recursively).')
   flags.DEFINE_string('output', 'features.npz', 'Where the features go.')
   flags.DEFINE_enum('point', 'fc7', list(model_lib.FEATURES), 'Which activations.')
@@ -119,13 +118,14 @@ def define_flags():
 
 
 def main(argv):
+  cli.setup_logging()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   if not f.folder:
     raise app.UsageError('give --folder')
   try:
-    (trained,) = inference.models_from_flags()
+    (trained,) = cli.models_from_flags()
     features, paths = extract(trained, image_files(f.folder), point=f.point,
                               batch_size=f.batch_size)
   except (ValueError, inference.checkpoint_lib.CheckpointError) as e:

@@ -7,8 +7,11 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
-# ImageNet's 1.2M JPEGs include a few very large ones; none is a decompression bomb.
-Image.MAX_IMAGE_PIXELS = 1 << 30
+# The most pixels a file may declare: comfortably above ImageNet's largest image (about 32M
+# pixels), far below what would exhaust a machine (a 40,000 x 40,000 PNG of a few MB decodes
+# to 4.8 GB). Checked on the header, before any pixel is decoded (data.max_image_pixels).
+MAX_IMAGE_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = None  # PIL's own check (a warning, then an error at 2x): ours instead.
 
 
 class BadImage(ValueError):
@@ -34,16 +37,22 @@ def _to_rgb(im: Image.Image) -> Image.Image:
   return im.convert('RGB')  # L, P, 1, CMYK (PIL undoes Adobe's inverted CMYK), YCbCr, ...
 
 
-def open_rgb(data: bytes, *, draft_size: int | None = None) -> Image.Image:
+def open_rgb(data: bytes, *, draft_size: int | None = None,
+             max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
   """Decodes any image file's bytes (whatever its extension says) into an RGB PIL image.
 
   `draft_size` lets the JPEG decoder downscale by a power of two while decoding, never
-  below that size on the shorter side: much faster for large photos.
+  below that size on the shorter side: much faster for large photos. A file whose header
+  declares more than `max_pixels` is refused before anything is decoded.
   """
   if not data:
     raise BadImage('empty file')
   try:
     im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    if w * h > max_pixels:
+      raise BadImage(f'declares {w}x{h} pixels, more than the {max_pixels:,} allowed '
+                     '(data.max_image_pixels)')
     if draft_size and im.format == 'JPEG':
       w, h = im.size
       scale = min(w, h) / draft_size
@@ -102,9 +111,9 @@ def array_resized(image: np.ndarray, size: int) -> np.ndarray:
   return resize_and_center_crop(Image.fromarray(np.ascontiguousarray(image[..., :3])), size)
 
 
-def load_resized(data: bytes, size: int) -> np.ndarray:
+def load_resized(data: bytes, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
   """File bytes -> (size, size, 3) uint8: decode, shorter side to size, center crop."""
-  return resize_and_center_crop(open_rgb(data, draft_size=size), size)
+  return resize_and_center_crop(open_rgb(data, draft_size=size, max_pixels=max_pixels), size)
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:

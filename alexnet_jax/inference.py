@@ -1,40 +1,37 @@
-"""A trained model, ready to use: from a work directory, one checkpoint, or imported weights.
+"""A trained model, ready to use, with the preprocessing it was trained on: from a work
+directory, one checkpoint, or imported weights.
 
 `load(reference)` is what evaluate, predict, features and transfer learning share. A reference
 is one of
   * a work directory (`WORKDIR`, holding `checkpoints/`): its newest good checkpoint;
   * one checkpoint (`WORKDIR/checkpoints/STEP`);
   * a state-dict file (`.npz` or `.pth`, see alexnet_jax.weights), with the config it needs.
-Checkpoints carry their config, class names and input normalization, so nothing else is
-needed to use them; they are only read, never cleaned up or set aside.
+Checkpoints carry their config, class names and preprocessing record, so nothing else is
+needed to use them; they are only read, never cleaned up or set aside. A weights file's record
+is the JSON beside it (`weights.preprocessing_path`), else the one its config describes.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import re
 
-from absl import app
-from absl import flags
-import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 
 from alexnet_jax import checkpoint as checkpoint_lib
-from alexnet_jax import cli
+from alexnet_jax import config as config_lib
 from alexnet_jax import datasets
 from alexnet_jax import evaluation
-from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
+from alexnet_jax import preprocess
 from alexnet_jax import sharding
 from alexnet_jax import weights as weights_lib
 
 log = logging.getLogger(__name__)
-MEAN_FILE = 'mean.npy'  # The exact mean a run subtracts, written into its work directory.
 
 
 @dataclasses.dataclass
@@ -42,16 +39,19 @@ class Trained:
   net: model_lib.AlexNet
   config: ml_collections.ConfigDict
   classes: tuple[str, ...]
-  mean: np.ndarray  # Subtracted from 0-255 crops: (crop, crop, 3) or (3,).
-  divide: float
+  preprocessing: preprocess.Preprocessing  # How its images become inputs.
   source: str  # What was loaded, for reports.
 
   @property
   def crop(self) -> int:
-    return self.config.model.image_size
+    return self.preprocessing.crop
 
   def class_names(self) -> tuple[str, ...]:
     return class_names(self.classes)
+
+  def probabilities(self, views: int, *, average: bool = True):
+    """A jitted uint8 batch (center crops, or whole canvases for 10 views) -> softmax."""
+    return evaluation.probabilities_fn(self.net, self.preprocessing, views, average=average)
 
 
 def class_names(classes: tuple[str, ...]) -> tuple[str, ...]:
@@ -70,24 +70,46 @@ def imagenet_names() -> tuple[str, ...]:
     return tuple(line.rstrip('\n') for line in f)
 
 
-def config_from_json(text: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads(text))
-
-
-def _normalization(config, workdir: str | None) -> tuple[np.ndarray, float]:
-  """The mean the run subtracted: its saved copy, else recomputed from its data config."""
-  path = os.path.join(workdir, MEAN_FILE) if workdir else None
-  if path and os.path.isfile(path):
-    return np.load(path), float(config.data.divide)
+def _data_stats(config) -> datasets.Stats | None:
   try:
-    _, stats = datasets.open_source(config.data, config.data.train_split)
-  except (datasets.DataError, OSError) as e:
-    log.warning('no %s and the training data is not at hand (%s): using the ImageNet '
-                'per-channel mean', MEAN_FILE, e)
+    return datasets.open_source(config.data, config.data.train_split)[1]
+  except (datasets.DataError, OSError):
+    return None
+
+
+def _record_from_config(config, what: str) -> preprocess.Preprocessing:
+  """The record a config describes, with its data's statistics when the data is at hand;
+  without them, the kind's own numbers ('torchvision', 'caffe') or, for 'data', ImageNet's
+  per-channel mean (said in a warning)."""
+  stats = _data_stats(config)
+  if stats is None:
+    if config.data.preprocessing == 'data':
+      log.warning('%s: no preprocessing record and the training data is not at hand: using '
+                  "ImageNet's per-channel mean", what)
     stats = datasets.Stats(classes=())
-  mode = config.data.mean if stats.mean_image is not None else 'rgb'
-  return input_pipeline.mean_for(stats, mode, config.model.image_size), \
-      float(config.data.divide)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.mean = 'rgb'
+  return preprocess.from_config(config.data, config.model.image_size, stats)
+
+
+def _old_run_record(run_config, workdir: str, what: str) -> preprocess.Preprocessing:
+  """The record of a checkpoint written before records were saved with the model: rebuilt
+  from its config and the mean.npy its run wrote beside the checkpoints (the lighting's
+  eigenvectors, for training only, from its data when at hand, else ImageNet's)."""
+  mean_file = os.path.join(workdir, 'mean.npy')  # What runs wrote before records existed.
+  stats = _data_stats(run_config)
+  if not os.path.isfile(mean_file):
+    if stats is None:
+      raise ValueError(f'checkpoint: {what} predates saved preprocessing records, and neither '
+                       f'its {mean_file} nor its training data is at hand to rebuild it')
+    return preprocess.from_config(run_config.data, run_config.model.image_size, stats)
+  d = run_config.data
+  stats = stats or datasets.Stats(classes=())
+  return preprocess.Preprocessing(size=d.image_size, crop=run_config.model.image_size,
+                                  mean=np.load(mean_file).astype(np.float32),
+                                  std=(float(d.divide),), flip=d.flip,
+                                  lighting_std=d.lighting_std, eigval=tuple(stats.eigval),
+                                  eigvec=tuple(map(tuple, stats.eigvec)))
 
 
 def _checkpoint_location(path: str) -> tuple[str, int | None]:
@@ -102,22 +124,33 @@ def _checkpoint_location(path: str) -> tuple[str, int | None]:
                    'a checkpoint (checkpoints/STEP)')
 
 
-def load(reference: str, *, config: ml_collections.ConfigDict | None = None, mesh=None,
-         seed: int = 0) -> Trained:
-  """The model `reference` names (see the module doc). `config` is needed for weights files;
-  for checkpoints it overrides nothing but is used for `data` when given."""
-  if reference.endswith(('.npz', '.pth', '.pt')):
-    if config is None:
-      raise ValueError(f'weights: {reference!r} needs --config to say which net it is')
-    if not os.path.isfile(reference):
-      raise ValueError(f'weights: no such file {reference!r}')
-    mesh = mesh or sharding.make_mesh(config.model.towers)
-    net = model_lib.create_model(config.model, mesh=mesh, seed=seed)
-    weights_lib.import_state_dict(net, reference)
-    mean, divide = _normalization(config, None)
-    classes = _data_classes(config)
-    return Trained(net, config, classes, mean, divide, reference)
+WEIGHTS_SUFFIXES = ('.npz', '.pth', '.pt')
 
+
+def _weights_record(reference: str, config) -> preprocess.Preprocessing:
+  """A weights file's record: the JSON beside it, else the one its config describes."""
+  if config is None:
+    raise ValueError(f'weights: {reference!r} needs --config to say which net it is')
+  if not os.path.isfile(reference):
+    raise ValueError(f'weights: no such file {reference!r}')
+  beside = weights_lib.preprocessing_path(reference)
+  if os.path.isfile(beside):
+    with open(beside) as f:
+      return preprocess.Preprocessing.from_json(f.read())
+  return _record_from_config(config, reference)
+
+
+def _checkpoint_record(meta: dict, run_config, directory: str,
+                       source: str) -> preprocess.Preprocessing:
+  if 'preprocessing' in meta:
+    return preprocess.Preprocessing.from_dict(meta['preprocessing'])
+  return _old_run_record(run_config, os.path.dirname(directory), source)
+
+
+def _read_newest(reference: str, read):
+  """(checkpoints directory, step, read(checkpoints, step)) for the checkpoint `reference`
+  names, or a work directory's newest one that reads (a damaged one is reported and the one
+  before it tried)."""
   directory, step = _checkpoint_location(reference)
   ckpts = checkpoint_lib.Checkpoints(directory, read_only=True)
   try:
@@ -126,26 +159,52 @@ def load(reference: str, *, config: ml_collections.ConfigDict | None = None, mes
       raise ValueError(f'checkpoint: no checkpoints in {directory!r}')
     for i, s in enumerate(steps):
       try:
-        meta = ckpts.read_meta(s)
-        run_config = config_from_json(meta['config'])
-        mesh = mesh or sharding.make_mesh(run_config.model.towers)
-        net = model_lib.create_model(run_config.model, mesh=mesh, seed=seed)
-        state, meta = ckpts.restore(s, checkpoint_lib.abstract_train_state(
-            net, run_config.optim, mesh))
-        break
+        return directory, s, read(ckpts, s)
       except checkpoint_lib.CheckpointError as e:
         if i == len(steps) - 1:
           raise
         log.warning('%s; trying the previous one', e)
   finally:
     ckpts.close()
+
+
+def preprocessing_of(reference: str, *, config=None) -> preprocess.Preprocessing:
+  """The record of the model `reference` names (as `load` takes it), without its weights."""
+  if reference.endswith(WEIGHTS_SUFFIXES):
+    return _weights_record(reference, config)
+  directory, s, meta = _read_newest(reference, lambda ckpts, s: ckpts.read_meta(s))
+  return _checkpoint_record(meta, config_lib.from_saved(meta['config']), directory,
+                            f'{directory}/{s}')
+
+
+def load(reference: str, *, config: ml_collections.ConfigDict | None = None, mesh=None,
+         seed: int = 0) -> Trained:
+  """The model `reference` names (see the module doc). `config` is needed for weights files;
+  for checkpoints it overrides nothing but is used for `data` when given (other data to
+  evaluate on; the model's preprocessing stays its own)."""
+  if reference.endswith(WEIGHTS_SUFFIXES):
+    record = _weights_record(reference, config)
+    mesh = mesh or sharding.make_mesh(config.model.towers)
+    net = model_lib.create_model(config.model, mesh=mesh, seed=seed)
+    weights_lib.import_state_dict(net, reference)
+    return Trained(net, config, _data_classes(config), record, reference)
+
+  def restore(ckpts, s):
+    run_config = config_lib.from_saved(ckpts.read_meta(s)['config'])
+    net = model_lib.create_model(run_config.model, seed=seed,
+                                 mesh=mesh or sharding.make_mesh(run_config.model.towers))
+    state, meta = ckpts.restore(s, checkpoint_lib.abstract_train_state(
+        net, run_config.optim, net.mesh))
+    return run_config, net, state, meta
+
+  directory, s, (run_config, net, state, meta) = _read_newest(reference, restore)
   nnx.update(net, state.params)
+  source = f'{directory}/{s}'
+  record = _checkpoint_record(meta, run_config, directory, source)
   if config is not None:  # Evaluate on other data than the run's own.
     run_config.data = config.data
-  workdir = os.path.dirname(directory)
-  mean, divide = _normalization(run_config, workdir)
   classes = tuple(meta['classes']) if 'classes' in meta else _data_classes(run_config)
-  return Trained(net, run_config, classes, mean, divide, f'{directory}/{s}')
+  return Trained(net, run_config, classes, record, source)
 
 
 def _data_classes(config) -> tuple[str, ...]:
@@ -153,47 +212,3 @@ def _data_classes(config) -> tuple[str, ...]:
     return tuple(datasets.open_source(config.data, config.data.train_split)[1].classes)
   except (datasets.DataError, OSError):
     return tuple(str(i) for i in range(config.model.num_classes))
-
-
-def probabilities_fn(trained: Trained, views: int, *, average: bool = True):
-  """A jitted (uint8 images) -> class probabilities, averaged over `views` (1: the images
-  are center crops; 10: whole images), or per view (B, views, classes)."""
-  graphdef, params = nnx.split(trained.net, nnx.Param)
-  mean = jax.device_put(trained.mean, sharding.named(trained.net.mesh, sharding.REPLICATED))
-  probabilities = (evaluation.view_probabilities if average else
-                   evaluation.per_view_probabilities)
-
-  @jax.jit
-  def fn(params, images_u8, mean):
-    return probabilities(nnx.merge(graphdef, params), images_u8, mean,
-                         divide=trained.divide, crop=trained.crop, views=views)
-
-  return lambda images_u8: fn(params, images_u8, mean)
-
-
-# ---- The command lines' shared flags ---------------------------------------------------------
-
-
-def define_model_flags(*, ensemble: bool = False) -> None:
-  """--workdir / --checkpoint / --weights (+ --config), and --ensemble where it makes sense."""
-  flags.DEFINE_string('workdir', None, 'A training work directory: its newest good checkpoint.')
-  flags.DEFINE_string('checkpoint', None, 'One checkpoint: WORKDIR/checkpoints/STEP.')
-  flags.DEFINE_string('weights', None, 'A .npz/.pth state dict (needs --config).')
-  cli.define_config_flag(
-      None, 'The config (file.py:recipe) of --weights; for a checkpoint, its data section '
-      "replaces the run's (to use other data).")
-  if ensemble:
-    flags.DEFINE_list('ensemble', None, 'Several models (work directories, checkpoints or '
-                      'weights files), their softmax averaged.')
-
-
-def models_from_flags(more: list[str] = ()) -> list[Trained]:
-  """The models the flags name; `more` (positional arguments) extend --ensemble, so both
-  `--ensemble=A,B,C` and `--ensemble A B C` work."""
-  f = flags.FLAGS
-  single = [r for r in (f.workdir, f.checkpoint, f.weights) if r]
-  ensemble = (getattr(f, 'ensemble', None) or []) + list(more)
-  if len(single) + bool(ensemble) != 1:
-    raise app.UsageError('give exactly one of --workdir, --checkpoint, --weights'
-                         + (', --ensemble' if 'ensemble' in f else ''))
-  return [load(r, config=f.config) for r in (ensemble or single)]

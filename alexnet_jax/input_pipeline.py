@@ -2,10 +2,11 @@
 
 Host side (grain workers): decode, random crop, and the draws of the horizontal flip and the
 PCA lighting noise, batched as uint8 crops plus a flip flag and one RGB offset per image.
-Device side (inside the jitted step, `normalize`): reflect the flagged crops, subtract the
-mean, add the lighting offset, optionally divide by 1.1 (the code's). Shipping uint8 keeps
-host work and host-to-device traffic 4x smaller; `data.normalize_on_host=True` does the float
-work in the workers instead.
+Device side (inside the jitted step, `preprocess.normalize`): reflect the flagged crops, add
+the lighting offset, then the record's scaling, channel order, mean and std (and the code's
+1.1 for noisy crops). Shipping uint8 keeps host work and host-to-device traffic 4x smaller;
+`data.normalize_on_host=True` does the float work in the workers instead, with the same
+function.
 
 Order and randomness depend only on (seed, global example position): every epoch is a fresh
 seeded permutation, the global batch g holds positions g*B .. g*B+B-1, each process reads the
@@ -18,18 +19,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import os
 from typing import Any, Iterator
 
 import grain
 from absl import flags
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from alexnet_jax import datasets
 from alexnet_jax import model as model_lib
+from alexnet_jax import preprocess
 from alexnet_jax import sharding
+
+log = logging.getLogger(__name__)
+
 
 class InputError(RuntimeError):
   """The input pipeline, or one of its worker processes, failed (one line)."""
@@ -46,74 +52,21 @@ def input_error(e: Exception, when: str) -> InputError:
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-  """Random crop, flip and PCA lighting of one (S, S, 3) uint8 image (paper s4)."""
-  crop: int
-  flip: bool = True
-  lighting_std: float = 0.1  # alpha_i ~ N(0, 0.1).
-  eigval: tuple[float, ...] = datasets.IMAGENET_EIGVAL
-  eigvec: tuple[tuple[float, ...], ...] = datasets.IMAGENET_EIGVEC
-
-  def lighting(self, rng: np.random.Generator) -> np.ndarray:
-    """sum_i alpha_i * lambda_i * p_i, as an RGB offset in 0-255 units.
-
-    lambda_i is the standard deviation along eigenvector p_i (the square root of the
-    eigenvalue), as the code's per-axis scales are: the noise's covariance is then
-    lighting_std^2 times the pixels' covariance.
-    """
-    alpha = rng.normal(0.0, self.lighting_std, 3)
-    return (np.asarray(self.eigvec) @ (alpha * np.sqrt(self.eigval))).astype(np.float32)
+  """Random crop, flip and PCA lighting of one (S, S, 3) uint8 canvas, as the record says
+  (paper s4)."""
+  preprocessing: preprocess.Preprocessing
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator):
     """(crop, flip, lighting offset). The crop is not yet reflected: `normalize` applies
     `flip`, on the device, where a reflection is nearly free (a reversed 3-byte-pixel copy
     costs numpy as much as a whole JPEG decode)."""
+    p = self.preprocessing
     s = image.shape[0]
-    top, left = (int(v) for v in rng.integers(0, s - self.crop + 1, size=2))
-    flip = np.bool_(self.flip and rng.random() < 0.5)
-    crop = np.ascontiguousarray(image[top:top + self.crop, left:left + self.crop])
-    light = (self.lighting(rng) if self.lighting_std > 0 else np.zeros(3, np.float32))
+    top, left = (int(v) for v in rng.integers(0, s - p.crop + 1, size=2))
+    flip = np.bool_(p.flip and rng.random() < 0.5)
+    crop = np.ascontiguousarray(image[top:top + p.crop, left:left + p.crop])
+    light = p.lighting(rng) if p.lighting_std > 0 else np.zeros(3, np.float32)
     return crop, flip, light
-
-
-def center_crop(image: np.ndarray, crop: int) -> np.ndarray:
-  top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
-  return image[top:top + crop, left:left + crop]
-
-
-def ten_views(images_NHWC, crop: int):
-  """(B, S, S, 3) -> (B, 10, crop, crop, 3): the four corners and the center, then the
-  same five reflected (paper s4). Works on numpy and jax arrays (inside jit too)."""
-  s = images_NHWC.shape[1]
-  c = (s - crop) // 2
-  starts = ((0, 0), (0, s - crop), (s - crop, 0), (s - crop, s - crop), (c, c))
-  xp = jnp if isinstance(images_NHWC, jax.Array) else np
-  views = [images_NHWC[:, t:t + crop, l:l + crop] for t, l in starts]
-  views += [v[:, :, ::-1] for v in views]
-  return xp.stack(views, axis=1)
-
-
-def mean_for(stats: datasets.Stats, mode: str, crop: int) -> np.ndarray:
-  """What `normalize` subtracts: the center crop of the per-pixel mean image (the code's
-  choice), or the per-channel mean; (crop, crop, 3) or (3,) float32."""
-  if mode == 'image':
-    if stats.mean_image is None:
-      raise datasets.DataError("data.mean: 'image' needs a per-pixel mean image (a prepared "
-                               "dataset or digits); use 'rgb'")
-    return np.asarray(center_crop(stats.mean_image, crop), np.float32)
-  if mode == 'rgb':
-    return np.asarray(stats.mean_rgb, np.float32)
-  raise datasets.DataError(f"data.mean: must be 'image' or 'rgb', got {mode!r}")
-
-
-def normalize(images_u8, lighting, mean, divide: float = 1.0, flip=None):
-  """Reflect where `flip`, then (x - mean + lighting) / divide in float32; jnp inside jit,
-  numpy on the host. `mean` is that of unreflected crops: the code subtracts the mean
-  image's center crop from every crop, reflected or not."""
-  xp = jnp if isinstance(images_u8, jax.Array) else np
-  if flip is not None:
-    images_u8 = xp.where(flip[:, None, None, None], images_u8[:, :, ::-1], images_u8)
-  x = images_u8.astype(xp.float32) - mean + lighting[:, None, None, :]
-  return x / divide if divide != 1.0 else x
 
 
 # ---- The grain pipeline ----------------------------------------------------------------------
@@ -164,16 +117,20 @@ class GlobalPositions:
 
 
 class TrainExample:
-  """(example index, position) -> augmented example; randomness from (seed, position)."""
+  """(example index, position) -> augmented example; randomness from (seed, position). A
+  bad example is replaced by the next good one (datasets.Checked); `index` and `bad` say
+  which and how many, for the run to name and count them."""
 
   def __init__(self, source, augment: Augment, seed: int):
-    self.source, self.augment, self.seed = source, augment, seed
+    self.source = datasets.Checked(source, replace=True)
+    self.augment, self.seed = augment, seed
 
   def __call__(self, index_position):
     index, position = index_position
-    image, label = self.source[index]
+    image, label, bad = self.source.read(index)
     crop, flip, light = self.augment(image, np.random.default_rng([self.seed, position]))
-    return {'image': crop, 'flip': flip, 'lighting': light, 'label': np.int32(label)}
+    return {'image': crop, 'flip': flip, 'lighting': light, 'label': np.int32(label),
+            'index': np.int32(index), 'bad': np.int32(bad)}
 
 
 class TrainBatch:
@@ -207,32 +164,54 @@ class StepRows:
 class HostNormalize:
   """A whole batch's float work in the worker (data.normalize_on_host), in one numpy pass."""
 
-  def __init__(self, mean: np.ndarray, divide: float):
-    self.mean, self.divide = mean, divide
+  def __init__(self, preprocessing: preprocess.Preprocessing):
+    self.preprocessing = preprocessing
 
   def __call__(self, batch):
-    image = normalize(batch['image'], batch['lighting'], self.mean, self.divide,
-                      batch['flip'])
+    p = self.preprocessing
+    image = preprocess.normalize(batch['image'], p, p.arrays(), lighting=batch['lighting'],
+                                 flip=batch['flip'], train=True)
     return dict(batch, image=image, lighting=np.zeros_like(batch['lighting']),
                 flip=np.zeros_like(batch['flip']))
 
 
-def _example_index(index_position: tuple[int, int]) -> int:
-  return index_position[0]
+class EvalBatch:
+  """Step -> this process's rows of that evaluation batch, stacked. Plain numpy, built in
+  one call like the training batches: nothing lives in shared memory that a stopped worker
+  could leave behind."""
+
+  def __init__(self, example: EvalExample, positions: GlobalPositions):
+    self.example, self.positions = example, positions
+
+  def __call__(self, step: int):
+    b = self.positions.local_batch
+    examples = [self.example(self.positions[i][0]) for i in range(step * b, (step + 1) * b)]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 class EvalExample:
-  """Example index -> center crop (or the whole image for 10 views), with a valid mask."""
+  """Example index -> center crop (or the whole image for 10 views), with a mask that is
+  False on the padding and on bad examples, which `bad` flags to be counted."""
 
-  def __init__(self, source, crop: int | None, examples: int):
-    self.source, self.crop, self.examples = source, crop, examples
+  def __init__(self, source, crop: int | None, examples: int, side: int):
+    self.source = datasets.Checked(source, replace=False)
+    self.crop, self.examples, self.side = crop, examples, side
 
   def __call__(self, index: int):
     valid = index < self.examples  # The last batch is padded with copies of example 0.
-    image, label = self.source[index if valid else 0]
-    image = center_crop(image, self.crop) if self.crop else image
+    image, label, bad = self.source.read(index if valid else 0)
+    if image is None:
+      image = np.zeros((self.side, self.side, 3), np.uint8)
+    image = preprocess.center_crop(image, self.crop) if self.crop else image
     return {'image': np.ascontiguousarray(image), 'label': np.int32(label),
-            'mask': np.bool_(valid)}
+            'mask': np.bool_(valid and not bad), 'bad': np.bool_(valid and bad)}
+
+
+def _in_own_memory(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A worker's batch copied out of grain's shared memory, which is then released at once:
+  a block still referenced when the interpreter exits is never unlinked ('leaked
+  shared_memory objects'). One copy of a batch costs milliseconds next to a step."""
+  return {k: np.array(v) for k, v in batch.items()}
 
 
 def _iterate(ds: grain.MapDataset, workers: int, prefetch: int, threads: int | None = None):
@@ -244,6 +223,7 @@ def _iterate(ds: grain.MapDataset, workers: int, prefetch: int, threads: int | N
   if workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                       per_worker_buffer_size=max(1, prefetch)))
+    it = it.map(_in_own_memory)
   return it
 
 
@@ -289,36 +269,98 @@ class Batches:
 
 def train_dataset(source, augment: Augment, *, global_batch: int, seed: int,
                   workers: int = 0, prefetch: int = 2, epochs: int | None = None,
-                  host_mean: np.ndarray | None = None, divide: float = 1.0,
-                  rows: tuple[int, int] | None = None,
+                  normalize_on_host: bool = False, rows: tuple[int, int] | None = None,
                   threads: int | None = None) -> Batches:
   """Rows `rows` (default: all, on one process) of each global training batch, as a
-  restartable iterator."""
+  restartable iterator: uint8 crops, or with `normalize_on_host` the net's float input."""
   positions = GlobalPositions(len(source), global_batch, rows=rows, seed=seed, shuffle=True,
                               epochs=epochs)
   example = TrainExample(source, augment, seed)
 
   def make(step):
     ds = grain.MapDataset.source(StepRows(positions, step)).map(TrainBatch(example))
-    if host_mean is not None:
-      ds = ds.map(HostNormalize(host_mean, divide))
+    if normalize_on_host:
+      ds = ds.map(HostNormalize(augment.preprocessing))
     return _iterate(ds, workers, prefetch, threads)
 
   return Batches(make, {'seed': seed, 'global_batch': global_batch,
                        'examples': len(source)})
 
 
+class EvalBatches:
+  """Every example once, in order, as padded and masked batches, each time it is iterated.
+  Its worker processes start on the first pass and serve every later one: the stream repeats,
+  and each pass takes one epoch of it."""
+
+  def __init__(self, dataset: grain.MapDataset, steps: int, workers: int, prefetch: int):
+    self._dataset, self.steps, self._it = dataset, steps, None
+    self._workers, self._prefetch = workers, prefetch
+
+  def __len__(self) -> int:
+    return self.steps
+
+  def __iter__(self):
+    if self._it is None:
+      self._it = iter(_iterate(self._dataset, self._workers, self._prefetch))
+    for _ in range(self.steps):
+      yield next(self._it)
+
+  def close(self) -> None:
+    if self._it is not None and hasattr(self._it, 'close'):
+      self._it.close()
+    self._it = None
+
+
 def eval_dataset(source, *, global_batch: int, crop: int | None, workers: int = 0,
-                 prefetch: int = 2, rows: tuple[int, int] | None = None):
+                 prefetch: int = 2, rows: tuple[int, int] | None = None) -> EvalBatches:
   """Every example once, in order, rows `rows` of each global batch; the last batch is
-  padded and carries `mask` False on the padding. `crop=None` keeps whole images."""
+  padded and carries `mask` False on the padding (and on bad examples, flagged `bad`).
+  `crop=None` keeps whole images."""
   n = len(source)
   steps = -(-n // global_batch)
   positions = GlobalPositions(steps * global_batch, global_batch, rows=rows, seed=0,
                               shuffle=False, epochs=1)
-  ds = (grain.MapDataset.source(positions).map(_example_index)
-        .map(EvalExample(source, crop, n)).batch(positions.local_batch))
-  return _iterate(ds, workers, prefetch)
+  side = datasets.Checked(source, replace=True).read(0)[0].shape[0] if n else 0
+  ds = grain.MapDataset.source(range(steps)).repeat().map(
+      EvalBatch(EvalExample(source, crop, n, side), positions))
+  return EvalBatches(ds, steps, workers, prefetch)
+
+
+class BadExamples:
+  """A run's bad training examples: each named once (a warning line, and a line of the run's
+  list, which persists across resumes), counted over every process, and the run stopped past
+  data.max_bad_fraction of the examples read (and at least datasets.MIN_BAD_TO_STOP)."""
+
+  def __init__(self, source, path: str):
+    self.source, self.path = datasets.Checked(source, replace=True), path
+    self.total = self.seen = 0
+    self.named = set()
+    if os.path.isfile(path):
+      with open(path) as f:
+        self.named = set(f.read().splitlines())
+
+  def name(self, batch: dict[str, np.ndarray]) -> None:
+    """Names the bad examples this process's rows of `batch` passed over."""
+    flagged = batch['bad'] > 0
+    for index, bad in zip(batch['index'][flagged], batch['bad'][flagged]):
+      for k in range(int(bad)):
+        line = self.source.describe((int(index) + k) % len(self.source))
+        if line not in self.named:
+          self.named.add(line)
+          log.warning('data: skipped a bad example, %s', line)
+          with open(self.path, 'a') as f:
+            f.write(line + '\n')
+
+  def count(self, bad: float, batch_size: int, max_fraction: float) -> bool:
+    """Adds one step's count (every process's rows); whether it had any. InputError (the
+    run stops, exit 1) past the limit."""
+    self.seen += batch_size + int(bad)  # The examples delivered and those passed over.
+    self.total += int(bad)
+    if self.total >= datasets.MIN_BAD_TO_STOP and self.total > max_fraction * self.seen:
+      raise InputError(
+          f'data: {self.total} of the last {self.seen} examples read were bad, more than '
+          f'data.max_bad_fraction={max_fraction:g}; they are listed in {self.path}')
+    return bad > 0
 
 
 def to_global(batch: dict[str, np.ndarray], mesh,
@@ -346,24 +388,21 @@ def global_batches(dataset, mesh,
 
 @dataclasses.dataclass
 class Data:
-  """What the training loop needs of the data: iterables, statistics and the mean."""
+  """What the training loop needs of the data: iterables, statistics, the preprocessing."""
   train: Batches  # This process's training batches (restartable).
-  eval: Any  # Center crops, every example once, padded and masked.
-  eval_whole: Any  # The same with whole images, for 10-view evaluation.
+  # Whole canvases, every example once, padded and masked: 1 view (the centre crop, cut in the
+  # step) and 10 views read the same stream, served by one set of workers.
+  eval: EvalBatches
+  train_source: Any  # What the training batches are read from (to name bad examples).
   stats: datasets.Stats
-  mean: np.ndarray
-  divide: float  # What evaluation crops are divided by.
-  train_divide: float  # What training crops are divided by (data.lighting_rescale).
+  preprocessing: preprocess.Preprocessing  # How pixels become inputs; saved with the model.
   train_examples: int
   eval_examples: int
 
-
-def train_divide(data) -> float:
-  """What training crops are divided by: data.divide, times 1 + lighting_std when the code's
-  rescaling of noisy crops is on and there is noise (s4: 1.1); evaluation's is data.divide."""
-  if data.lighting_rescale and data.lighting_std > 0:
-    return data.divide * (1.0 + data.lighting_std)
-  return data.divide
+  def close(self) -> None:
+    """Stops every worker process (and frees their shared memory)."""
+    self.train.close()
+    self.eval.close()
 
 
 # Images whose shorter side is at least this are read by the paper's rule, whatever the recipe:
@@ -372,12 +411,15 @@ LARGE_IMAGE_SIDE = 128
 
 
 def fit_config(config, mesh) -> ml_collections.ConfigDict:
-  """`config` itself, or with data.fit a copy with the class count, the image sizes, the
-  evaluation split and a batch no larger than the training set taken from the data.
+  """`config` itself, or with data.fit a copy with the class count, the evaluation split
+  and a batch no larger than the training set taken from the data.
 
-  Images at least LARGE_IMAGE_SIDE on their shorter side are read by the paper's rule. Smaller
+  A full-size recipe (images stored at LARGE_IMAGE_SIDE or more: paper, owt, caffe, ...) keeps
+  its own geometry, exactly: every file is resized to its sizes, and a prepared directory must
+  have been prepared at them. A recipe for small images (small) fits its sizes to the data:
+  images at least LARGE_IMAGE_SIDE on their shorter side are read by the paper's rule; smaller
   ones keep their side (a prepared directory's stored side), enlarged only to what the net
-  needs, and the crop keeps the recipe's crop-to-image ratio (224/256, 32/36).
+  needs, and the crop keeps the recipe's crop-to-image ratio (32/36).
   """
   if not config.data.fit:
     return config
@@ -393,7 +435,12 @@ def fit_config(config, mesh) -> ml_collections.ConfigDict:
   c.model.num_classes = len(found.classes)
   stored, crop = c.data.image_size, c.model.image_size
   side = found.image_side
-  if side >= max(LARGE_IMAGE_SIDE, stored):  # The paper's rule; a prepared side stays.
+  if stored >= LARGE_IMAGE_SIDE:  # A full-size recipe: its geometry is never fitted.
+    if found.prepared and side != stored:
+      raise datasets.DataError(
+          f'data.path: {c.data.path!r} stores {side}x{side} images, the {c.recipe!r} recipe '
+          f'reads {stored}x{stored} ones; prepare it with --size={stored}')
+  elif side >= LARGE_IMAGE_SIDE:  # The paper's rule; a prepared side stays.
     stored, crop = (side, round(side * 224 / 256)) if found.prepared else (256, 224)
     c.model.update(conv1_kernel=11, conv1_stride=4, conv1_padding=0, conv1_ceil_mode=True)
   elif found.prepared or side < stored:
@@ -419,10 +466,11 @@ def _smallest_crop(model_config) -> int:
   raise datasets.DataError('model: no crop up to 1024 pixels reaches fc6 with this net')
 
 
-def create(config, mesh=None) -> Data:
+def create(config, mesh=None, *, inputs_of: preprocess.Preprocessing | None = None) -> Data:
   """The train and eval pipelines of `config` (sections `data`, `model`, and `batch_size`),
   reading the rows of each batch that this process's devices of `mesh` hold (default: all
-  rows, on one process)."""
+  rows, on one process). `inputs_of`: a pretrained net's record, whose scaling, channel order,
+  mean and std the inputs keep (transfer learning); else the data's own."""
   data = config.data
   crop = config.model.image_size
   if crop > data.image_size:
@@ -435,15 +483,17 @@ def create(config, mesh=None) -> Data:
   if len(train_source) < config.batch_size:
     raise datasets.DataError(f'batch_size: {config.batch_size} is larger than the '
                              f'{len(train_source)} training examples')
-  mean = mean_for(stats, data.mean, crop)
+  try:
+    preprocessing = preprocess.from_config(data, crop, stats)
+    if inputs_of is not None:
+      preprocessing = preprocessing.with_inputs_of(inputs_of)
+  except ValueError as e:  # A bad data field: a data error like the others.
+    raise datasets.DataError(str(e)) from None
   rows = None if mesh is None else sharding.process_batch_rows(mesh, config.batch_size)
-  augment = Augment(crop, data.flip, data.lighting_std, stats.eigval, stats.eigvec)
-  train = train_dataset(train_source, augment, global_batch=config.batch_size,
+  train = train_dataset(train_source, Augment(preprocessing), global_batch=config.batch_size,
                         seed=config.seed, workers=data.workers, prefetch=data.prefetch,
-                        host_mean=mean if data.normalize_on_host else None,
-                        divide=train_divide(data), rows=rows)
-  evaluation = {c: eval_dataset(eval_source, global_batch=config.batch_size, crop=c,
-                                workers=data.workers, prefetch=data.prefetch, rows=rows)
-                for c in (crop, None)}
-  return Data(train, evaluation[crop], evaluation[None], stats, mean, data.divide,
-              train_divide(data), len(train_source), len(eval_source))
+                        normalize_on_host=data.normalize_on_host, rows=rows)
+  evaluation = eval_dataset(eval_source, global_batch=config.batch_size, crop=None,
+                            workers=data.workers, prefetch=data.prefetch, rows=rows)
+  return Data(train, evaluation, train_source, stats, preprocessing, len(train_source),
+              len(eval_source))

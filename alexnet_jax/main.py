@@ -7,22 +7,8 @@ several processes, starts `jax.distributed` (see `alexnet_jax.distributed`): e.g
   --config.distributed.coordinator_address=host0:1234 --config.distributed.num_processes=2
   --config.distributed.process_id=0
 """
-import faulthandler
-import logging
 import os
-import signal
 import sys
-
-from absl import app
-from absl import flags
-
-from alexnet_jax import cli
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-cli.define_config_flag(os.path.join(_REPO, 'configs', 'digits.py'),
-                       'Config file, `file.py` or `file.py:recipe` (`:list` lists the '
-                       'recipes); override fields as --config.section.field=value.')
-flags.DEFINE_string('workdir', 'workdir/digits', 'Directory for checkpoints and metrics.')
 
 
 def reexec_with_huge_pages() -> None:
@@ -40,14 +26,42 @@ def reexec_with_huge_pages() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
+if __name__ == '__main__':
+  reexec_with_huge_pages()  # Before the imports below: they take 2-3 s, and would run twice.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import faulthandler
+import signal
+
+from absl import app
+from absl import flags
+
+from alexnet_jax import cli
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+cli.define_config_flag(os.path.join(_REPO, 'configs', 'digits.py'),
+                       'Config file, `file.py` or `file.py:recipe` (`:list` lists the '
+                       'recipes); override fields as --config.section.field=value.')
+flags.DEFINE_string('workdir', 'workdir/digits', 'Directory for checkpoints and metrics.')
+flags.adopt_module_key_flags(cli)  # --help lists --config too.
+
+
+def cache_compilations(workdir: str) -> None:
+  """Keeps compiled programs in WORKDIR/compilation_cache (those that took over a second to
+  compile), so that a resumed or repeated run loads its steps instead of compiling them
+  again; JAX_COMPILATION_CACHE_DIR, when set, says where instead."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'compilation_cache'))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # `kill -USR1 PID` prints where every thread of a run that seems stuck is, and the run goes
   # on. Written by the signal handler itself, so it works while Python waits inside XLA.
   faulthandler.register(signal.SIGUSR1, all_threads=True)
-  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s',
-                      stream=sys.stderr)
+  cli.setup_logging()
   f = flags.FLAGS
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax import distributed  # pylint: disable=g-import-not-at-top
@@ -55,14 +69,19 @@ def main(argv):
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(f.config.distributed)  # Before anything touches a device.
+    cache_compilations(f.workdir)
     train.train_and_evaluate(f.config, f.workdir)
   except checkpoint.CheckpointError as e:
-    # Orbax's writer threads are left failed and print asyncio tracebacks at interpreter
-    # exit; the state on disk is already safe, so leave without waiting for them.
-    # One write with its newline: print() writes the newline separately, and a writer
-    # thread's traceback could land between the two.
-    sys.stderr.write(f'error: {e}\n')
-    sys.stderr.flush()
+    # Orbax's failed writer threads are still printing tracebacks, a piece at a time, and a
+    # piece without its newline sat in front of this line once. The state on disk is already
+    # safe: point stdout and stderr at /dev/null for everyone else, write the line to the
+    # terminal's own descriptor in one call, and leave without waiting for those threads.
+    sys.stdout.flush()
+    terminal = os.dup(2)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    os.write(terminal, f'error: {e}\n'.encode())
     os._exit(1)  # pylint: disable=protected-access
   except ValueError as e:  # A config or data that cannot work, found before training.
     cli.fail(str(e))
@@ -71,5 +90,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  reexec_with_huge_pages()
   app.run(main, flags_parser=cli.parse_flags)

@@ -1,21 +1,22 @@
 """The network's layer primitives, with gradients written for speed where XLA's are slow.
 
-Each function computes what its plain `jax.lax` form does; two differ only in how their
-gradient is computed, which changes it at most in the summation order (measured in
-experiments/BENCHMARKS.md, "Where the time goes" and "Second pass"; checked in
-tests/test_ops.py):
+Each function computes what its plain `jax.lax` form does, up to the summation order
+(measured in experiments/BENCHMARKS.md; checked in tests/test_ops.py):
 
-- `conv`: on CPU, for large layers, the kernel gradient is one explicit matrix product
-  (`kernel_grad_im2col`). XLA:CPU lowers the backward-filter convolution (a convolution
-  whose "kernel" is the whole 27x27 or 55x55 output gradient) to a path that runs 1.5-2x
-  slower than the same arithmetic as matmuls. Other backends keep XLA's own gradient
-  (cuDNN's backward-filter kernels are fast).
+- `conv`: on CPU, float32 and bfloat16 convolutions and both their gradients run on oneDNN,
+  through `onednn.py` (up to 9x faster than XLA:CPU's own kernels per part, in most parts
+  1.2-2.6x). Without oneDNN XLA's convolution runs, and for large layers the kernel gradient
+  is one explicit matrix product (`kernel_grad_im2col`): XLA:CPU lowers the backward-filter
+  convolution (a convolution whose "kernel" is the whole 27x27 or 55x55 output gradient) to
+  a path that runs 1.5-2x slower than the same arithmetic as matmuls. Other backends keep
+  XLA's own convolutions and gradients (cuDNN's kernels are fast).
 - `max_pool`: for large inputs, the gradient goes to the first maximum of each window, in
   window order, as XLA's select-and-scatter sends it, but computed from strided slices,
   comparisons, shifts and one interleave: elementwise work that fuses, 5-7x faster than
   select-and-scatter on CPU, and without its scatter on GPU.
 
-Both switch by size (below): on small layers the extra ops cost more than they save.
+The XLA-side swaps switch by size (below): on small layers the extra ops cost more than they
+save.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from alexnet_jax import onednn
+from alexnet_jax import sharding
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 # The im2col kernel gradient wins from about this size of product up (the paper's conv
@@ -61,39 +65,71 @@ def _conv(x, kernel, stride: int, padding: Padding):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
   """NHWC x HWIO convolution with explicit ((top, bottom), (left, right)) zero padding."""
-  return _conv(x, kernel, stride, padding)
+  return _conv_forward(x, kernel, stride, padding)
+
+
+def _on_onednn(x: jax.Array, kernel: jax.Array) -> bool:
+  """Whether this convolution runs on oneDNN where it runs on the CPU: float32, or bfloat16
+  (on CPUs with bf16 dot-product instructions 1.3-1.8x faster than its float32)."""
+  return (x.dtype == kernel.dtype and x.dtype in (jnp.float32, jnp.bfloat16)
+          and onednn.available())
+
+
+def _conv_forward(x, kernel, stride, padding):
+  xla = lambda x, kernel: _conv(x, kernel, stride, padding)
+  if not _on_onednn(x, kernel):
+    return xla(x, kernel)
+  return jax.lax.platform_dependent(
+      x, kernel, cpu=lambda x, kernel: onednn.forward(x, kernel, stride, padding), default=xla)
 
 
 def _conv_fwd(x, kernel, stride, padding):
-  return _conv(x, kernel, stride, padding), (x, kernel)
+  return _conv_forward(x, kernel, stride, padding), (x, kernel)
 
 
 def _conv_bwd(stride, padding, residuals, dy):
   x, kernel = residuals
-  dx = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)[1](dy)[0]
+  xla_dx = lambda dy, kernel: jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)[1](dy)[0]
   native_dk = lambda x, dy: jax.vjp(lambda k: _conv(x, k, stride, padding), kernel)[1](dy)[0]
+  if _on_onednn(x, kernel):
+    onednn_dx = lambda dy, kernel: _sum_to_axes_of(
+        onednn.input_grad(dy, kernel, x.shape, stride, padding), x)
+    onednn_dk = lambda x, dy: _sum_to_axes_of(
+        onednn.kernel_grad(x, dy, kernel.shape, stride, padding), kernel)
+    return (jax.lax.platform_dependent(dy, kernel, cpu=onednn_dx, default=xla_dx),
+            jax.lax.platform_dependent(x, dy, cpu=onednn_dk, default=native_dk))
+  dx = xla_dx(dy, kernel)
   if 2 * dy.size * math.prod(kernel.shape[:-1]) < IM2COL_MIN_FLOPS:
     return dx, native_dk(x, dy)
-  im2col_dk = lambda x, dy: _sum_to_kernel_axes(kernel_grad_im2col(
+  im2col_dk = lambda x, dy: _sum_to_axes_of(kernel_grad_im2col(
       x, dy, size=kernel.shape[0], stride=stride, padding=padding, dtype=kernel.dtype), kernel)
   return dx, jax.lax.platform_dependent(x, dy, cpu=im2col_dk, default=native_dk)
 
 
-def _sum_to_kernel_axes(dk, kernel):
-  """Inside shard_map: sum the kernel gradient over the mesh axes the kernel is replicated
-  on but the activations vary along (the data axis), as the autodiff of `_conv` does."""
-  extra = tuple(sorted(_varying_axes(dk) - _varying_axes(kernel)))
-  return jax.lax.psum(dk, extra) if extra else dk
-
-
-def _varying_axes(x) -> frozenset:
-  """The shard_map axes `x` varies along (`aval.vma` in older JAX versions)."""
-  aval = jax.typeof(x)
-  mat = getattr(aval, 'manual_axis_type', None)
-  return frozenset(mat.varying if mat is not None else getattr(aval, 'vma', ()))
+def _sum_to_axes_of(grad, primal):
+  """Inside shard_map: `grad` summed over the mesh axes it varies along but `primal` does
+  not, as the autodiff of `_conv` does: a kernel replicated over the data axis gets the sum
+  of every batch shard's gradient, an input shared by the towers (conv1's image, conv3's
+  gathered input) the sum of every tower's."""
+  extra = tuple(sorted(sharding.varying_axes(grad) - sharding.varying_axes(primal)))
+  return jax.lax.psum(grad, extra) if extra else grad
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _blocks(x: jax.Array, padding: Padding, s: int, k: int, out_h: int, out_w: int):
+  """x zero-padded to the (out_h + k - 1) x (out_w + k - 1) blocks of s x s pixels that some
+  output reads (k = blocks per kernel side), each block's pixels on the channel axis (space
+  to depth, s*s*C channels, in (row, column, C) order)."""
+  (top, _), (left, _) = padding
+  b, h, w, c = x.shape
+  hq, wq = out_h + k - 1, out_w + k - 1
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, hq * s - h - top, 0),
+                                              (left, wq * s - w - left, 0), (0, 0, 0)))
+  if s > 1:
+    x = x.reshape(b, hq, s, wq, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hq, wq, s * s * c)
+  return x
 
 
 def kernel_grad_im2col(x: jax.Array, dy: jax.Array, *, size: int, stride: int,
@@ -108,15 +144,11 @@ def kernel_grad_im2col(x: jax.Array, dy: jax.Array, *, size: int, stride: int,
   one (B*Hq*W', k*s*s*C)^T x (B*Hq*W', k*O) product gives every tap at once. The padding
   rows this adds cost 10-15% more FLOPs than im2col; the copies it saves cost more.
   """
-  (top, _), (left, _) = padding
-  b, h, w, c = x.shape
+  c = x.shape[-1]
   _, out_h, out_w, out = dy.shape
   s, k = stride, -(-size // stride)
-  hq, wq = out_h + k - 1, out_w + k - 1  # Block rows and columns that some output reads.
-  x = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, hq * s - h - top, 0),
-                                              (left, wq * s - w - left, 0), (0, 0, 0)))
-  if s > 1:
-    x = x.reshape(b, hq, s, wq, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hq, wq, s * s * c)
+  x = _blocks(x, padding, s, k, out_h, out_w)
+  hq = out_h + k - 1
   # patches[:, r, q, d] = block (r, q + d); shifted[:, r, q, a] = dy[:, r - a, q] (0 outside).
   patches = jnp.concatenate([x[:, :, d:d + out_w] for d in range(k)], axis=-1)
   dy = jnp.pad(dy, ((0, 0), (k - 1, k - 1), (0, 0), (0, 0)))
@@ -126,6 +158,43 @@ def kernel_grad_im2col(x: jax.Array, dy: jax.Array, *, size: int, stride: int,
   # (d, row in block, column in block, C, a, O) -> kernel (a*s + row, d*s + column, C, O).
   grad = grad.reshape(k, s, s, c, k, out).transpose(4, 1, 0, 2, 3, 5)
   return grad.reshape(k * s, k * s, c, out)[:size, :size].astype(dtype)
+
+
+def conv_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """`conv` as one matrix product of the input's patches (im2col) with the kernel.
+
+  A stride-s convolution is a stride-1 one over the input's s x s blocks (space to depth,
+  s*s*C channels) with a k x k kernel of blocks, k = ceil(size / s); the patches are the
+  k*k shifted views of the blocks, side by side on the channel axis. The product
+  accumulates in float32 (bfloat16 inputs take the CPU's bf16 dot-product instructions)
+  and returns the input's dtype, as the convolution does.
+  """
+  (top, bottom), (left, right) = padding
+  b, h, w, c = x.shape
+  size, _, _, out = kernel.shape
+  s, k = stride, -(-size // stride)
+  out_h, out_w = (h + top + bottom - size) // s + 1, (w + left + right - size) // s + 1
+  x = _blocks(x, padding, s, k, out_h, out_w)
+  patches = jnp.concatenate([x[:, a:a + out_h, d:d + out_w]
+                             for a in range(k) for d in range(k)], axis=-1)
+  # Kernel (a*s + row, d*s + column, C, O) -> rows in the patches' (a, d, row, column, C) order.
+  kernel = jnp.pad(kernel, ((0, k * s - size), (0, k * s - size), (0, 0), (0, 0)))
+  kernel = kernel.reshape(k, s, k, s, c, out).transpose(0, 2, 1, 3, 4, 5).reshape(-1, out)
+  y = jnp.matmul(patches.reshape(-1, patches.shape[-1]), kernel.astype(x.dtype),
+                 preferred_element_type=jnp.float32)
+  return y.reshape(b, out_h, out_w, out).astype(x.dtype)
+
+
+def input_grad_matmul(dy: jax.Array, kernel: jax.Array, input_shape: tuple[int, ...],
+                      padding: Padding) -> jax.Array:
+  """d(loss)/d(input) of a stride-1 `conv`: the output gradient, padded, convolved with the
+  kernel flipped in space and transposed (in <-> out), by `conv_matmul`."""
+  size = kernel.shape[0]
+  h, w = input_shape[1:3]
+  pads = tuple((size - 1 - lo, n + size - 1 - dy.shape[axis] - (size - 1 - lo))
+               for axis, n, (lo, _) in ((1, h, padding[0]), (2, w, padding[1])))
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  return conv_matmul(dy, flipped, 1, pads)
 
 
 # ---- Max pooling ------------------------------------------------------------------------------

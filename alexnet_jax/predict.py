@@ -20,43 +20,44 @@ import numpy as np
 from alexnet_jax import cli
 from alexnet_jax import images
 from alexnet_jax import inference
-from alexnet_jax import input_pipeline
+from alexnet_jax import preprocess
 from alexnet_jax import sharding
+
 
 def define_flags():
   """The command line's flags (defined only when run as a program, so that tests and
   notebooks can import this module beside the others)."""
-  inference.define_model_flags()
+  cli.define_model_flags()
+  flags.adopt_module_key_flags(cli)  # --help lists the model flags too.
   flags.DEFINE_integer('top', 5, 'How many classes to show per image.')
   flags.DEFINE_enum('views', '1', ['1', '10'], '1 (center crop) or the paper\'s 10 views.')
 
 
-
-def read(path: str, size: int) -> np.ndarray:
-  """A file as the stored size x size RGB image, or images.BadImage / OSError."""
+def read(path: str, preprocessing: preprocess.Preprocessing) -> np.ndarray:
+  """A file as the canvas its crops come from, or images.BadImage / OSError."""
   with open(path, 'rb') as f:
-    return images.load_resized(f.read(), size)
+    return preprocessing.load(f.read())
 
 
 def predict(trained: inference.Trained, paths: list[str], *, top: int = 5,
             views: int = 1) -> list[str]:
   """One line per path: `path: name p, name p, ...` or `path: cannot read (why)`."""
-  size = trained.config.data.image_size
+  record = trained.preprocessing
   decoded, lines = {}, {}
   for path in paths:
     try:
-      image = read(path, size)
+      image = read(path, record)
     except (OSError, images.BadImage) as e:
       lines[path] = f'{path}: cannot read ({e})'
       continue
-    decoded[path] = image if views == 10 else input_pipeline.center_crop(image, trained.crop)
+    decoded[path] = image if views == 10 else preprocess.center_crop(image, record.crop)
   if decoded:
     batch = np.stack(list(decoded.values()))
     data_parallel = sharding.data_size(trained.net.mesh)
     padded = -(-len(batch) // data_parallel) * data_parallel  # Rows split over the devices.
     batch = np.concatenate([batch, np.repeat(batch[:1], padded - len(batch), 0)])
     batch = jax.device_put(batch, sharding.named(trained.net.mesh, sharding.BATCH))
-    probs = np.asarray(jax.device_get(inference.probabilities_fn(trained, views)(batch)))
+    probs = np.asarray(jax.device_get(trained.probabilities(views)(batch)))
     names = trained.class_names()
     for path, p in zip(decoded, probs):
       best = np.argsort(-p)[:top]
@@ -65,16 +66,22 @@ def predict(trained: inference.Trained, paths: list[str], *, top: int = 5,
 
 
 def main(argv):
+  cli.setup_logging()
   paths = argv[1:]
   if not paths:
     raise app.UsageError('give one or more image files')
   try:
-    (trained,) = inference.models_from_flags()
+    (trained,) = cli.models_from_flags()
   except (ValueError, inference.checkpoint_lib.CheckpointError) as e:
     raise SystemExit(f'error: {e}') from None
-  for line in predict(trained, paths, top=flags.FLAGS.top, views=int(flags.FLAGS.views)):
+  print(f'preprocessing: {trained.preprocessing.summary()}')
+  lines = predict(trained, paths, top=flags.FLAGS.top, views=int(flags.FLAGS.views))
+  for line in lines:
     print(line)
   sys.stdout.flush()
+  failed = sum(': cannot read (' in line for line in lines)
+  if failed:  # The others were predicted; a script must still see that some were not.
+    raise SystemExit(f'error: {failed} of {len(paths)} files could not be read')
 
 
 if __name__ == '__main__':

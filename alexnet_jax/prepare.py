@@ -6,12 +6,13 @@
         --tfds_name=imagenet2012 --output=~/data/in1k
 
 As the paper did (s4), every image is rescaled so its shorter side is `--size` (256) and its
-central size x size square kept. The output directory holds, per split, shards of records
-(`{split}-{i:05d}.data` with their `.index.npz`), and `metadata.json` with the class names,
-counts, per-channel mean/std, the eigen-decomposition of the RGB covariance over the training
-split (for PCA lighting), the files skipped as unreadable, plus `mean_image.npy` (the
-per-pixel mean of the training split). Records are JPEG (`--format=jpeg`, `--quality`) or raw
-uint8 (`--format=raw`).
+central size x size square kept. The output directory holds, per split, ArrayRecord shards
+of checksummed examples (the image, its label and its original file name; the format is
+`alexnet_jax/records.py`'s), and `metadata.json` with the class names, counts, per-channel
+mean/std, the eigen-decomposition of the RGB covariance over the training split (for PCA
+lighting), the files skipped as unreadable or too large (`--max_image_pixels`), plus
+`mean_image.npy` (the per-pixel mean of the training split). Images are stored as JPEG
+(`--format=jpeg`, `--quality`) or raw uint8 (`--format=raw`).
 
 Sources:
   folder  `input/<split>/<class>/*.{jpg,jpeg,png,...}`; classes are train's sorted folders.
@@ -21,12 +22,12 @@ Sources:
   tfds    any tensorflow-datasets image dataset prepared under `input` (array_record),
           read with `tfds.data_source`: TensorFlow is not needed.
 
-Shards are written atomically and an interrupted run resumes: finished shards are kept.
+Shards are written atomically and an interrupted run (even kill -9) resumes: finished shards
+are kept, partial ones redone.
 """
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import functools
 import hashlib
 import importlib.resources
@@ -39,27 +40,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from alexnet_jax import datasets
 from alexnet_jax import images
+from alexnet_jax import records
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm')
-FOLDER_SPLITS = ('train', 'validation', 'val', 'test')
-METADATA = 'metadata.json'
-MEAN_IMAGE = 'mean_image.npy'
+Item = datasets.Item
 
 
 class PrepareError(ValueError):
   """A problem with the input that stops the conversion (one line)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-  """One example to convert: where its bytes are, its label and a name for reports."""
-  name: str
-  label: int
-  path: str = ''  # A file; or, with `size` > 0, a tar archive holding the bytes at `offset`.
-  offset: int = 0
-  size: int = -1
-  tfds_index: int = -1  # A record of a tfds data source instead.
 
 
 # ---- Listing the examples of each source -----------------------------------------------------
@@ -85,35 +74,11 @@ def _tfds_resource(name: str) -> list[str]:
 
 
 def list_folder(root: str) -> tuple[list[str], dict[str, list[Item]]]:
-  """Classes and per-split items of `root/<split>/<class>/<image>`."""
-  if not os.path.isdir(root):
-    raise PrepareError(f'--input: no directory {root!r}')
-  splits = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(root, s))]
-  if 'val' in splits and 'validation' in splits:
-    raise PrepareError(f'--input: {root!r} has both val/ and validation/; keep one')
-  if 'train' not in splits:
-    raise PrepareError(f'--input: {root!r} has no train/ folder (expected '
-                       'root/<split>/<class>/<image>)')
-  classes = sorted(d for d in os.listdir(os.path.join(root, 'train'))
-                   if os.path.isdir(os.path.join(root, 'train', d)))
-  if not classes:
-    raise PrepareError(f'--input: {os.path.join(root, "train")!r} has no class folders')
-  out = {}
-  for split in splits:
-    items = []
-    for c in sorted(os.listdir(os.path.join(root, split))):
-      folder = os.path.join(root, split, c)
-      if not os.path.isdir(folder):
-        continue
-      if c not in classes:
-        raise PrepareError(f'--input: class folder {folder!r} is not a class of train/')
-      files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
-      if not files:
-        raise PrepareError(f'--input: class folder {folder!r} holds no images')
-      items += [Item(os.path.join(split, c, f), classes.index(c), os.path.join(folder, f))
-                for f in files]
-    out['validation' if split == 'val' else split] = items
-  return classes, out
+  """Classes and per-split items of `root/<split>/<class>/<image>` (datasets.list_folder)."""
+  try:
+    return datasets.list_folder(root)
+  except datasets.DataError as e:
+    raise PrepareError(str(e).replace('data.path:', '--input:', 1)) from None
 
 
 def _tar_members(path: str, base: int = 0, fileobj=None):
@@ -221,7 +186,7 @@ def _tfds_source(name: str, split: str, data_dir: str):
   return tfds.data_source(name, split=split, data_dir=data_dir)
 
 
-def _load(item: Item, size: int, tfds_spec: tuple[str, str, str] | None):
+def _load(item: Item, size: int, tfds_spec: tuple[str, str, str] | None, max_pixels: int):
   """(image (size, size, 3) uint8, label) of one item; raises images.BadImage."""
   if item.tfds_index >= 0:
     name, split, data_dir = tfds_spec
@@ -236,64 +201,48 @@ def _load(item: Item, size: int, tfds_spec: tuple[str, str, str] | None):
       data = f.read(item.size)
     else:
       data = f.read()
-  return images.load_resized(data, size), item.label
-
-
-def shard_paths(out_dir: str, split: str, shard: int) -> tuple[str, str]:
-  stem = os.path.join(out_dir, f'{split}-{shard:05d}')
-  return stem + '.data', stem + '.index.npz'
+  return images.load_resized(data, size, max_pixels), item.label
 
 
 def convert_shard(task: tuple) -> tuple[str, int, int]:
-  """Writes one shard and its index (with the shard's pixel statistics); returns counts."""
-  out_dir, split, shard, items, size, fmt, quality, tfds_spec = task
-  data_path, index_path = shard_paths(out_dir, split, shard)
-  offsets, labels, bad = [0], [], []
+  """Writes one shard, then its stats file (names, skipped files, pixel sums), which marks it
+  done; returns (split, examples, skipped)."""
+  out_dir, split, shard, items, size, fmt, quality, tfds_spec, max_pixels = task
+  names, bad = [], []
   image_sum = np.zeros((size, size, 3), np.float64)
   rgb_sum, rgb_outer = np.zeros(3), np.zeros((3, 3))
-  with open(data_path + '.tmp', 'wb') as f:
+
+  def examples():
+    nonlocal image_sum, rgb_sum, rgb_outer
     for item in items:
       try:
-        image, label = _load(item, size, tfds_spec)
+        image, label = _load(item, size, tfds_spec, max_pixels)
       except Exception as e:  # pylint: disable=broad-except  # No single file stops the run.
         reason = str(e).splitlines()[0] if str(e) else ''
         bad.append(f'{item.name}: {type(e).__name__}: {reason}'[:300])
         continue
-      record = images.encode_jpeg(image, quality) if fmt == 'jpeg' else image.tobytes()
-      f.write(record)
-      offsets.append(offsets[-1] + len(record))
-      labels.append(label)
+      encoded = images.encode_jpeg(image, quality) if fmt == 'jpeg' else image.tobytes()
+      names.append(item.name)
       pixels = image.reshape(-1, 3).astype(np.float64)
       image_sum += image
       rgb_sum += pixels.sum(0)
       rgb_outer += pixels.T @ pixels
-  os.replace(data_path + '.tmp', data_path)
-  with open(index_path + '.tmp', 'wb') as f:  # np.savez would append .npz to a .tmp name.
-    np.savez(f, offsets=np.asarray(offsets, np.int64), labels=np.asarray(labels, np.int32),
-             bad=np.asarray(bad, dtype=str), image_sum=image_sum, rgb_sum=rgb_sum,
-             rgb_outer=rgb_outer)
-  os.replace(index_path + '.tmp', index_path)  # The shard counts as done from here on.
-  return split, len(labels), len(bad)
+      yield records.encode(records.Example(item.name, label, encoded))
+
+  records.write_shard(records.shard_path(out_dir, split, shard), examples())
+  records.save_stats(records.stats_path(out_dir, split, shard),
+                     names=np.asarray(names, dtype=str), bad=np.asarray(bad, dtype=str),
+                     image_sum=image_sum, rgb_sum=rgb_sum, rgb_outer=rgb_outer)
+  return split, len(names), len(bad)
 
 
 # ---- The whole conversion --------------------------------------------------------------------
 
 
-def pixel_statistics(image_sum: np.ndarray, rgb_sum: np.ndarray, rgb_outer: np.ndarray,
-                     images_count: int) -> dict[str, Any]:
-  """Per-channel mean/std and the RGB covariance's eigen-decomposition (0-255 units)."""
-  n = images_count * image_sum.shape[0] * image_sum.shape[1]
-  mean = rgb_sum / n
-  cov = rgb_outer / n - np.outer(mean, mean)
-  eigval, eigvec = np.linalg.eigh(cov)  # Ascending, like the code's (19.72, 37.09, 121.78)^2.
-  return {'mean_rgb': mean.tolist(), 'std_rgb': np.sqrt(np.diag(cov)).tolist(),
-          'rgb_covariance': cov.tolist(), 'eigval': eigval.clip(min=0).tolist(),
-          'eigvec': eigvec.tolist()}
-
-
 def prepare(source: str, input_path: str, output: str, *, size: int = 256, fmt: str = 'jpeg',
             quality: int = 90, shard_size: int = 1024, workers: int | None = None,
-            tfds_name: str = 'imagenet2012', progress: bool = True) -> dict[str, Any]:
+            tfds_name: str = 'imagenet2012', progress: bool = True,
+            max_image_pixels: int = images.MAX_IMAGE_PIXELS) -> dict[str, Any]:
   """Converts `input_path` into `output`; returns the metadata written."""
   input_path = os.path.expanduser(input_path)
   output = os.path.expanduser(output)
@@ -311,7 +260,9 @@ def prepare(source: str, input_path: str, output: str, *, size: int = 256, fmt: 
     raise PrepareError(f'--source: must be one of {tuple(listers)}, got {source!r}')
   classes, splits = listers[source](input_path)
   os.makedirs(output, exist_ok=True)
-  _check_settings(output, {'source': source, 'size': size, 'format': fmt, 'quality': quality,
+  _check_settings(output, {'storage': records.FORMAT, 'source': source, 'size': size,
+                           'format': fmt, 'quality': quality,
+                           'max_image_pixels': max_image_pixels,
                            'shard_size': shard_size, 'items': {
                                s: hashlib.sha256('\n'.join(f'{i.name}\t{i.label}' for i in items)
                                                  .encode()).hexdigest()
@@ -320,9 +271,9 @@ def prepare(source: str, input_path: str, output: str, *, size: int = 256, fmt: 
   for split, items in splits.items():
     spec = (tfds_name, split, input_path) if source == 'tfds' else None
     for shard, start in enumerate(range(0, len(items), shard_size)):
-      if not os.path.exists(shard_paths(output, split, shard)[1]):
+      if not os.path.exists(records.stats_path(output, split, shard)):
         tasks.append((output, split, shard, items[start:start + shard_size], size, fmt,
-                      quality, spec))
+                      quality, spec, max_image_pixels))
   _run(tasks, workers, progress, total=sum(len(t[3]) for t in tasks))
   return _write_metadata(output, classes, splits, shard_size, size, fmt, quality, source)
 
@@ -338,7 +289,8 @@ def _check_settings(output: str, settings: dict) -> None:
       before = json.load(f)
     for key in settings:
       if before.get(key) != settings[key]:
-        what = 'the input files' if key == 'items' else f'--{key}'
+        what = {'items': 'the input files', 'storage': 'an older storage format'}.get(
+            key, f'--{key}')
         raise PrepareError(f'--output: {output!r} was prepared with different {what}; '
                            'use a new --output directory')
   else:
@@ -380,11 +332,11 @@ def _write_metadata(output, classes, splits, shard_size, size, fmt, quality, sou
     counts, bad = [], []
     sums = [0, 0, 0]
     for shard in range(shards):
-      with np.load(shard_paths(output, split, shard)[1]) as index:
-        counts.append(len(index['labels']))
-        bad += index['bad'].tolist()
+      with np.load(records.stats_path(output, split, shard)) as stats:
+        counts.append(len(stats['names']))
+        bad += stats['bad'].tolist()
         if split == 'train':
-          sums = [s + index[k] for s, k in zip(sums, ('image_sum', 'rgb_sum', 'rgb_outer'))]
+          sums = [s + stats[k] for s, k in zip(sums, ('image_sum', 'rgb_sum', 'rgb_outer'))]
     meta['splits'][split] = {'count': sum(counts), 'shards': shards, 'shard_counts': counts,
                              'skipped': len(bad), 'skipped_files': bad}
     if bad:
@@ -394,21 +346,22 @@ def _write_metadata(output, classes, splits, shard_size, size, fmt, quality, sou
       train_sums = (sums, sum(counts))
   if train_sums and train_sums[1]:
     (image_sum, rgb_sum, rgb_outer), n = train_sums
-    np.save(os.path.join(output, MEAN_IMAGE), (image_sum / n).astype(np.float32))
-    meta.update(pixel_statistics(image_sum, rgb_sum, rgb_outer, n))
-  with open(os.path.join(output, METADATA + '.tmp'), 'w') as f:
-    json.dump(meta, f, indent=1)
-  os.replace(os.path.join(output, METADATA + '.tmp'), os.path.join(output, METADATA))
-  return meta
+    np.save(os.path.join(output, records.MEAN_IMAGE), (image_sum / n).astype(np.float32))
+    meta.update(records.pixel_statistics(image_sum, rgb_sum, rgb_outer, n))
+  records.write_metadata(output, meta)
+  return records.read_metadata(output)
 
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
   del argv
+  cli.setup_logging()
   f = flags.FLAGS
   try:
     meta = prepare(f.source, f.input, f.output, size=f.size, fmt=f.format, quality=f.quality,
-                   shard_size=f.shard_size, workers=f.workers, tfds_name=f.tfds_name)
+                   shard_size=f.shard_size, workers=f.workers, tfds_name=f.tfds_name,
+                   max_image_pixels=f.max_image_pixels)
   except PrepareError as e:
     raise SystemExit(f'prepare: {e}') from None
   for split, s in meta['splits'].items():
@@ -426,6 +379,8 @@ def _define_flags():
   flags.DEFINE_integer('shard_size', 1024, 'Images per shard.')
   flags.DEFINE_integer('workers', None, 'Processes (default: every core).')
   flags.DEFINE_string('tfds_name', 'imagenet2012', 'With --source=tfds: the dataset name.')
+  flags.DEFINE_integer('max_image_pixels', images.MAX_IMAGE_PIXELS,
+                       'Files whose header declares more pixels are skipped, undecoded.')
   flags.mark_flags_as_required(['input', 'output'])
 
 

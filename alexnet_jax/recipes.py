@@ -90,7 +90,7 @@ RECIPES = {r.name: r for r in (
              'model.conv_filters': (96, 320, 384, 384, 256), 'model.fc_units': (8192, 4096)},
             paper_change=(1.17, 1.12), versus='cuda_convnet', layer_file=True),
     _recipe('no_conv4', 'run 145 without conv4 (conv3 feeds conv5)',
-            'the paper\'s discussion (section 7): removing any middle layer costs about 2% '
+            'the paper\'s discussion (docs/paper.md s5): removing any middle layer costs about 2% '
             'top-1 (no layer file)', 60_301_288, {**_CUDA_CONVNET, 'model.skip_conv4': True},
             paper_change=(2.0, None), versus='cuda_convnet'),
     _recipe('caffe', 'Caffe\'s bvlc_alexnet, net and solver',
@@ -103,7 +103,8 @@ RECIPES = {r.name: r for r in (
              'optim.bias_lr_multiplier': 2.0, 'optim.bias_weight_decay': False,
              # eps / 10 every 100,000 iterations of 256 images, 450,000 in all.
              'optim.schedule': 'manual', 'optim.manual_drop_epochs': (20, 40, 60, 80),
-             'batch_size': 256, 'num_epochs': 90, 'data.lighting_std': 0.0}),
+             'batch_size': 256, 'num_epochs': 90, 'data.lighting_std': 0.0,
+             'data.preprocessing': 'caffe'}),
     _recipe('owt', 'torchvision\'s AlexNet (the "one weird trick" single-tower net)',
             'torchvision models/alexnet.py and its reference training: eps 0.01 / 10 every '
             '30 epochs, weight decay 1e-4, batch 256 (its random-resized crops and its SGD, '
@@ -116,7 +117,7 @@ RECIPES = {r.name: r for r in (
              'model.weights_layout': 'torchvision', 'optim.weight_decay': 1e-4,
              'optim.schedule': 'manual', 'optim.manual_drop_epochs': (30, 60),
              'batch_size': 256, 'num_epochs': 90, 'data.lighting_std': 0.0,
-             'data.mean': 'rgb'}),
+             'data.preprocessing': 'torchvision'}),
     _recipe('small', 'the paper\'s topology at a quarter width for small images on a CPU',
             'this project: the paper\'s layers and pattern of biases, scaled down, with He '
             'init and unit-variance inputs so that a small net trains in minutes', 1_796_458,

@@ -120,3 +120,10 @@ def gather_towers(x: jax.Array, *, replicated: bool = False) -> jax.Array:
 def tower_index(local: int) -> jax.Array:
   """Inside shard_map: the global index of the first tower this device holds."""
   return jax.lax.axis_index(TOWER) * local
+
+
+def varying_axes(x) -> frozenset:
+  """Inside shard_map: the mesh axes `x` varies along (`aval.vma` in older JAX versions)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, 'manual_axis_type', None)
+  return frozenset(mat.varying if mat is not None else getattr(aval, 'vma', ()))

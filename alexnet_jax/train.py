@@ -29,12 +29,15 @@ from alexnet_jax import distributed
 from alexnet_jax import evaluation
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
-from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
+from alexnet_jax import preprocess
 from alexnet_jax import sharding
+from alexnet_jax import writers
 
 log = logging.getLogger(__name__)
+FINAL_METRICS = 'final_metrics.json'  # Written last: a run that has it is finished.
+BAD_EXAMPLES_FILE = 'bad_examples.txt'  # The bad examples a run skipped, one line each.
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after a checkpoint; run again to resume.
 
 
@@ -57,15 +60,19 @@ def init_state(net: model_lib.AlexNet, optim_config: ml_collections.ConfigDict):
   return graphdef, checkpoint_lib.TrainState(step=step, params=params, opt_state=opt_state), tx
 
 
-def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float):
-  """The pure train step, jitted once with the state donated."""
+def make_train_step(graphdef, tx, *, seed: int, num_classes: int,
+                    preprocessing: preprocess.Preprocessing, normalized: bool = False):
+  """The pure train step, jitted once with the state donated: (state, batch, arrays) ->
+  (state, metrics), `arrays` being `preprocessing.arrays()` on the mesh. Batches hold uint8
+  crops, flips and lighting offsets, normalized here by the record; with `normalized` (the
+  workers did it: data.normalize_on_host) the net's inputs already."""
 
-  def step_fn(state: checkpoint_lib.TrainState, batch, mean):
+  def step_fn(state: checkpoint_lib.TrainState, batch, arrays):
     dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
     images = batch['image']
-    if images.dtype == jnp.uint8:  # Otherwise the workers normalized already.
-      images = input_pipeline.normalize(images, batch['lighting'], mean, divide,
-                                        batch['flip'])
+    if not normalized:
+      images = preprocess.normalize(images, preprocessing, arrays, lighting=batch['lighting'],
+                                    flip=batch['flip'], train=True)
 
     def loss_fn(params):
       logits = nnx.merge(graphdef, params)(images, train=True, dropout_key=dropout_key)
@@ -96,7 +103,9 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float)
                                           params=jax.tree.map(guard, params, state.params),
                                           opt_state=opt_state)
     metrics = {'loss': loss, 'top1_error': top1, 'top5_error': top5,
-               'finite': finite.astype(jnp.float32)}
+               'finite': finite.astype(jnp.float32),
+               # Bad examples passed over for this batch, over every process's rows.
+               'bad_examples': jnp.sum(batch['bad']) if 'bad' in batch else jnp.zeros(())}
     return new_state, metrics
 
   return jax.jit(step_fn, donate_argnums=0)
@@ -105,14 +114,20 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int, divide: float)
 # ---- Transfer learning -----------------------------------------------------------------------
 
 
+def source_config(config) -> ml_collections.ConfigDict | None:
+  """The config a weights file named by `transfer.source` is read with (checkpoints carry
+  their own)."""
+  if not config.transfer.source.endswith(inference.WEIGHTS_SUFFIXES):
+    return None
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.model.num_classes = config.transfer.source_num_classes
+  return c
+
+
 def pretrained_params(config, params, mesh):
   """`params` with every layer outside `config.optim.new_layers` taken from the model that
   `config.transfer.source` names (same architecture, any class count)."""
-  source_config = None
-  if config.transfer.source.endswith(('.npz', '.pth', '.pt')):
-    source_config = ml_collections.ConfigDict(config.to_dict())
-    source_config.model.num_classes = config.transfer.source_num_classes
-  pretrained = inference.load(config.transfer.source, config=source_config, mesh=mesh)
+  pretrained = inference.load(config.transfer.source, config=source_config(config), mesh=mesh)
   _, source = nnx.split(pretrained.net, nnx.Param)
   new_layers = tuple(config.optim.new_layers)
 
@@ -139,9 +154,23 @@ def pretrained_params(config, params, mesh):
 # ---- Config checks ----------------------------------------------------------------------------
 
 
+def profile_steps(config) -> tuple[int, int] | None:
+  """(first, last) step of `profile_steps` ('A:B'), or None; one line if malformed."""
+  if not config.profile_steps:
+    return None
+  try:
+    first, last = (int(v) for v in config.profile_steps.split(':'))
+  except ValueError:
+    first = last = 0
+  if not 1 <= first <= last:
+    raise ValueError(f"profile_steps: 'A:B' with 1 <= A <= B, got {config.profile_steps!r}")
+  return first, last
+
+
 def check_config(config: ml_collections.ConfigDict, mesh) -> None:
   """Fails before any work with one line naming the field."""
   model_lib.ModelSpec.from_config(config.model)  # Variant, sizes, input too small, ...
+  profile_steps(config)
   data_parallel = sharding.data_size(mesh)
   if config.batch_size < 1 or config.batch_size % data_parallel:
     raise ValueError(f'batch_size: {config.batch_size} is not a positive multiple of the '
@@ -233,177 +262,280 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.make_mesh(config.model.towers)
   config = input_pipeline.fit_config(config, mesh)
   check_config(config, mesh)
-  data = input_pipeline.create(config, mesh)
-  main_process = distributed.is_main_process()
+  # A pretrained net keeps the input scaling it learned with (its preprocessing record).
+  inputs_of = (inference.preprocessing_of(config.transfer.source, config=source_config(config))
+               if config.transfer.source else None)
+  data = input_pipeline.create(config, mesh, inputs_of=inputs_of)
   if len(data.stats.classes) != config.model.num_classes:
     raise ValueError(f'model.num_classes: {config.model.num_classes}, but the data has '
                      f'{len(data.stats.classes)} classes')
   os.makedirs(workdir, exist_ok=True)
+  trainer = Trainer(config, workdir, mesh, data)
+  if trainer.finished is not None:
+    return trainer.finished
+  trainer.run()
+  return trainer.finish()
 
-  net = model_lib.create_model(config.model, mesh=mesh, seed=config.seed)
-  if main_process:
-    print(f'{config.recipe} net on mesh {dict(mesh.shape)} ({jax.device_count()} '
-          f'{jax.devices()[0].platform} devices, {jax.process_count()} processes):\n'
-          f'{model_lib.summary(net)}', flush=True)
-  graphdef, state, tx = init_state(net, config.optim)
-  params = state.params
-  plateau = optim.Plateau(config.optim.base_lr, config.optim.plateau_patience,
-                          config.optim.plateau_threshold, config.optim.plateau_factor,
-                          config.optim.max_drops)
-  steps_per_epoch = config.steps_per_epoch or max(1, data.train_examples // config.batch_size)
-  total_steps = config.num_epochs * steps_per_epoch
 
-  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
-                                           keep=config.checkpoint.keep)
-  history_path = os.path.join(workdir, 'metrics.jsonl')
-  check_resumable(config, checkpoints, state)
-  restored = checkpoints.restore_latest(state)
-  if restored is None and checkpoints.steps():
-    raise TrainingError(f'checkpoint: none of the checkpoints in {checkpoints.directory} '
-                        'restores into this config (see the warnings above); use another '
-                        '--workdir or move them aside')
-  if restored is not None:
-    state, meta = restored
-    data.train.set_state(meta['data'])
-    plateau.restore(meta['plateau'])
-    log.info('resumed from step %d', int(state.step))
-  elif config.transfer.source:
-    state = state.replace(params=pretrained_params(config, params, mesh))
-  writer = metrics_lib.Writer(workdir, resume_step=int(state.step), enabled=main_process)
-  # What evaluate/predict need besides the weights: the config, class names and the mean.
-  meta_base = {'num_classes': config.model.num_classes, 'config': config.to_json(),
-               'classes': list(data.stats.classes)}
-  if main_process:
-    np.save(os.path.join(workdir, inference.MEAN_FILE), data.mean)
+class Trainer:
+  """One run: built (or resumed from its newest checkpoint) by the constructor; `run()` calls
+  `step()` until the last step and `end_of_epoch()` after each epoch's last step (evaluate,
+  schedule, checkpoint), and checkpoints and exits on a preemption; `finish()` writes the
+  final 1- and 10-view evaluation and every output. `finished` holds the final metrics of a
+  run that was already done (and nothing else happens)."""
 
-  train_step = make_train_step(graphdef, tx, seed=config.seed,
-                               num_classes=config.model.num_classes, divide=data.train_divide)
-  crop = config.model.image_size
-  eval_1view = evaluation.make_eval_step(graphdef, num_classes=config.model.num_classes,
-                                         divide=data.divide, crop=crop, views=1)
-  mean = jax.device_put(data.mean, sharding.named(mesh, sharding.REPLICATED))
+  def __init__(self, config, workdir: str, mesh, data: input_pipeline.Data):
+    self.config, self.workdir, self.mesh, self.data = config, workdir, mesh, data
+    self.main_process = distributed.is_main_process()
+    self.finished = None
+    net = model_lib.create_model(config.model, mesh=mesh, seed=config.seed)
+    self.graphdef, state, tx = init_state(net, config.optim)
+    self.plateau = optim.Plateau(config.optim.base_lr, config.optim.plateau_patience,
+                                 config.optim.plateau_threshold, config.optim.plateau_factor,
+                                 config.optim.max_drops)
+    self.steps_per_epoch = (config.steps_per_epoch or
+                            max(1, data.train_examples // config.batch_size))
+    self.total_steps = config.num_epochs * self.steps_per_epoch
+    self.checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                                  keep=config.checkpoint.keep)
+    check_resumable(config, self.checkpoints, state)
+    restored = self.checkpoints.restore_latest(state)
+    if restored is None and self.checkpoints.steps():
+      raise TrainingError(f'checkpoint: none of the checkpoints in '
+                          f'{self.checkpoints.directory} restores into this config (see the '
+                          'warnings above); use another --workdir or move them aside')
+    done = os.path.join(workdir, FINAL_METRICS)
+    if (restored is not None and int(restored[0].step) >= self.total_steps and
+        os.path.isfile(done) and not config.reevaluate):
+      log.info('%s finished at step %d (%s); nothing to do (--config.reevaluate=true '
+               'evaluates it again)', workdir, int(restored[0].step), done)
+      self.checkpoints.close()
+      data.close()
+      with open(done) as f:
+        self.finished = json.load(f)
+      return
+    if self.main_process:
+      log.info('training the %s recipe in %s on mesh %s (%d %s devices, %d processes):\n%s',
+               config.recipe, workdir, dict(mesh.shape), jax.device_count(),
+               jax.devices()[0].platform, jax.process_count(), model_lib.summary(net))
+    if restored is not None:
+      state, meta = restored
+      data.train.set_state(meta['data'])
+      self.plateau.restore(meta['plateau'])
+      log.info('resumed from step %d', int(state.step))
+    elif config.transfer.source:
+      state = state.replace(params=pretrained_params(config, state.params, mesh))
+    self.state = state
+    self.step_count = int(state.step)
+    self.saved_step = self.step_count if restored is not None else None  # Newest checkpoint.
+    self.lr = float(optim.learning_rate(state.opt_state))  # Kept on the host: no sync a step.
 
-  def save(step, val_error=None):
-    checkpoints.save(step, state, dict(meta_base, data=data.train.get_state(),
-                                       plateau=plateau.state()), val_error=val_error)
+    self.writer = writers.Writer(workdir, resume_step=self.step_count,
+                                 enabled=self.main_process)
+    self.writer.text('config', f'recipe {config.recipe}\n\n```\n{config.to_json(indent=1)}\n```',
+                     self.step_count)
+    self.progress = writers.Progress(self.total_steps, initial=self.step_count,
+                                     enabled=config.progress and self.main_process)
+    self.bad_examples = input_pipeline.BadExamples(data.train_source,
+                                                   os.path.join(workdir, BAD_EXAMPLES_FILE))
+    # What evaluate/predict need besides the weights: the config, class names and how images
+    # become inputs.
+    self.meta = {'num_classes': config.model.num_classes, 'config': config.to_json(),
+                 'classes': list(data.stats.classes),
+                 'preprocessing': data.preprocessing.to_dict()}
+    self.train_step = make_train_step(self.graphdef, tx, seed=config.seed,
+                                      num_classes=config.model.num_classes,
+                                      preprocessing=data.preprocessing,
+                                      normalized=config.data.normalize_on_host)
+    self.eval_1view = evaluation.make_eval_step(self.graphdef,
+                                                num_classes=config.model.num_classes,
+                                                preprocessing=data.preprocessing, views=1)
+    self.arrays = evaluation.replicated(data.preprocessing.arrays(), mesh)
+    self.timer = StepTimer()
+    self.profiled = profile_steps(config)
+    self.pending = None  # (step, metrics on the device, lr): read one step late.
+    self.nonfinite_in_a_row = 0
+    self.last_eval = (None, None)  # (step, 1-view results) of the newest evaluation.
 
-  step = int(state.step)
-  lr = float(optim.learning_rate(state.opt_state))  # Kept on the host: no sync per step.
-  nonfinite_in_a_row = 0
-  progress = metrics_lib.Progress(total_steps, initial=step,
-                                  enabled=config.progress and main_process)
-  pending, t_last = None, time.perf_counter()
-  saved_step = step if restored is not None else None  # The step of the newest checkpoint.
-  last_eval = (None, None)  # (step, 1-view results) of the newest evaluation.
+  # ---- The loop -------------------------------------------------------------------------------
 
-  def next_batch():
+  def run(self) -> None:
+    """Steps to the end; on a preemption, a checkpoint and SystemExit(EXIT_PREEMPTED)."""
+    try:
+      with _Preemption() as preemption:
+        while self.step_count < self.total_steps:
+          batch = self.next_batch(preemption)
+          if batch is not None:
+            self.step(batch)
+            if (self.step_count % self.steps_per_epoch == 0 or
+                self.step_count == self.total_steps):
+              self.end_of_epoch()
+          # After the epoch's evaluation, so that a resumed run takes the same schedule.
+          if batch is None or preemption.requested(self.step_count):
+            self.record_pending()
+            if self.saved_step != self.step_count:
+              self.save()
+            self.checkpoints.wait()
+            raise SystemExit(EXIT_PREEMPTED)
+    except BaseException:  # Preempted or failed: the evaluation workers stop too.
+      self.data.eval.close()
+      raise
+    finally:
+      self.progress.close()
+      self.data.train.close()
+      self.checkpoints.close()  # Last: it raises if the final save failed.
+
+  def next_batch(self, preemption):
     """The next global batch, or None when a preemption signal broke the input workers."""
     try:
-      return input_pipeline.to_global(next(data.train), mesh, config.batch_size)
+      batch = next(self.data.train)
     except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
       if preemption.signalled:  # SIGTERM to the process group also stops grain's workers.
         return None
-      raise input_pipeline.input_error(e, f'before step {step + 1}') from e
+      raise input_pipeline.input_error(e, f'before step {self.step_count + 1}') from e
+    self.bad_examples.name(batch)
+    return input_pipeline.to_global(batch, self.mesh, self.config.batch_size)
 
-  try:
-    with _Preemption() as preemption:
-      while step < total_steps:
-        epoch = step // steps_per_epoch
-        if config.optim.schedule == 'manual':
-          wanted = optim.manual_lr(config.optim.base_lr, epoch,
-                                   config.optim.manual_drop_epochs, config.optim.plateau_factor)
-          if not math.isclose(wanted, lr):
-            lr = wanted
-            state = state.replace(opt_state=optim.set_lr(state.opt_state, lr))
-        batch = next_batch()
-        if batch is None:
-          preempted = True
-        else:
-          state, metrics = train_step(state, batch, mean)
-          step += 1
-          # Metrics are pulled to the host one step late, so the device never waits on them.
-          if pending is not None:
-            nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
-          now = time.perf_counter()
-          pending = (step, metrics, config.batch_size / (now - t_last), now - t_last, lr)
-          t_last = now
-          preempted = False
-        if not preempted and (step % steps_per_epoch == 0 or step == total_steps):
-          nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
-          pending = None
-          epochs_done, last = step // steps_per_epoch, step == total_steps
-          val = None
-          if epochs_done % config.eval.every_epochs == 0 or last:
-            val = evaluation.evaluate(eval_1view, state.params, data.eval, mesh, mean,
-                                      config.batch_size)
-            last_eval = (step, val)
-            writer.write(step, {f'val_{k}': v for k, v in val.items()}
-                         | {'epoch': step / steps_per_epoch})
-            progress.show_eval(val)
-            if config.optim.schedule == 'plateau' and plateau.update(val['top1_error']):
-              lr = plateau.lr
-              state = state.replace(opt_state=optim.set_lr(state.opt_state, lr))
-              log.info('validation error stopped improving: learning rate now %g', lr)
-          if epochs_done % config.checkpoint.every_epochs == 0 or last:
-            save(step, val_error=val and val['top1_error'])
-            saved_step = step
-          t_last = time.perf_counter()  # Evaluation and saving are not step time.
-        # Checked after the epoch's evaluation, so that a resumed run takes the same schedule.
-        if preempted or preemption.requested(step):
-          if pending is not None:
-            nonfinite_in_a_row = _record(pending, writer, progress, nonfinite_in_a_row, config)
-          if saved_step != step:
-            save(step)
-          checkpoints.wait()
-          raise SystemExit(EXIT_PREEMPTED)
-  finally:
-    progress.close()
-    data.train.close()
-    checkpoints.close()  # Last: it raises if the final save failed.
+  def step(self, batch) -> None:
+    """One training step: the rate of a manual schedule, the step dispatched, the previous
+    step's metrics read (one step late: the device never waits on them)."""
+    c = self.config
+    if c.optim.schedule == 'manual':
+      wanted = optim.manual_lr(c.optim.base_lr, self.step_count // self.steps_per_epoch,
+                               c.optim.manual_drop_epochs, c.optim.plateau_factor)
+      if not math.isclose(wanted, self.lr):
+        self.set_lr(wanted)
+    if self.profiled and self.step_count + 1 == self.profiled[0]:
+      jax.profiler.start_trace(os.path.join(self.workdir, 'tensorboard'))
+    self.state, metrics = self.train_step(self.state, batch, self.arrays)
+    self.step_count += 1
+    if self.profiled and self.step_count == self.profiled[1]:
+      jax.block_until_ready(metrics)
+      jax.profiler.stop_trace()
+      log.info("profile of steps %d-%d written to %s/tensorboard (TensorBoard's Profile tab)",
+               *self.profiled, self.workdir)
+    self.record_pending()
+    self.pending = (self.step_count, metrics, self.lr)
 
-  final = {'step': step, 'epochs': step / steps_per_epoch}
-  if last_eval[0] == step:  # The last epoch's evaluation is the final 1-view one.
-    one_view = last_eval[1]
-  else:
-    one_view = evaluation.evaluate(eval_1view, state.params, data.eval, mesh, mean,
-                                   config.batch_size)
-  results = {1: one_view}
-  if config.eval.ten_views:
-    eval_10views = evaluation.make_eval_step(graphdef, num_classes=config.model.num_classes,
-                                             divide=data.divide, crop=crop, views=10)
-    results[10] = evaluation.evaluate(eval_10views, state.params, data.eval_whole, mesh,
-                                      mean, config.batch_size)
-  for views, result in results.items():
-    for k, v in result.items():
-      final[f'{views}view_{k}'] = v
-  writer.write(step, {f'final_{k}': v for k, v in final.items()})
-  writer.close()
-  if not main_process:
+  def end_of_epoch(self) -> None:
+    """The epoch's last metrics, its evaluation and the plateau rule (every
+    eval.every_epochs), its checkpoint (every checkpoint.every_epochs); the last epoch does
+    both."""
+    c, step = self.config, self.step_count
+    self.record_pending()
+    epochs_done, last = step // self.steps_per_epoch, step == self.total_steps
+    val = None
+    if epochs_done % c.eval.every_epochs == 0 or last:
+      val = evaluation.evaluate(self.eval_1view, self.state.params, self.data.eval, self.mesh,
+                                self.arrays, c.batch_size)
+      self.last_eval = (step, val)
+      self.writer.write(step, {f'val_{k}': v for k, v in val.items()}
+                        | {'epoch': step / self.steps_per_epoch})
+      if self.main_process:  # The paper's figure 3, as training goes.
+        kernel = nnx.merge(self.graphdef, self.state.params).layer('conv1').kernel[...]
+        self.writer.image('val/conv1_kernels', writers.kernel_grid(
+            np.asarray(jax.device_get(kernel), np.float32)), step)
+      self.progress.show_eval(val)
+      if c.optim.schedule == 'plateau' and self.plateau.update(val['top1_error']):
+        self.set_lr(self.plateau.lr)
+        log.info('validation error stopped improving: learning rate now %g', self.lr)
+    if epochs_done % c.checkpoint.every_epochs == 0 or last:
+      self.save(val_error=val and val['top1_error'])
+    self.timer.idle()  # Evaluation and saving are not step time.
+
+  def set_lr(self, lr: float) -> None:
+    self.lr = lr
+    self.state = self.state.replace(opt_state=optim.set_lr(self.state.opt_state, lr))
+
+  def save(self, val_error: float | None = None) -> None:
+    self.checkpoints.save(self.step_count, self.state,
+                          dict(self.meta, data=self.data.train.get_state(),
+                               plateau=self.plateau.state()), val_error=val_error)
+    self.saved_step = self.step_count
+
+  def record_pending(self) -> None:
+    """Reads the pending step's metrics (waiting for it), times it, logs it, and stops the
+    run on too many non-finite steps or bad examples."""
+    if self.pending is None:
+      return
+    (step, metrics, lr), self.pending = self.pending, None
+    c = self.config
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # Waits for the step.
+    timing = self.timer.done()
+    if 'step_time_s' in timing:
+      timing['images_per_s'] = c.batch_size / timing['step_time_s']
+    if self.bad_examples.count(metrics.pop('bad_examples'), c.batch_size,
+                               c.data.max_bad_fraction):
+      self.writer.write(step, {'data/bad_examples': self.bad_examples.total})
+    if metrics.pop('finite') < 1:
+      self.nonfinite_in_a_row += 1
+      self.writer.count_nonfinite(step)
+      if self.nonfinite_in_a_row > c.max_nonfinite_steps:
+        raise TrainingError(f'training: {self.nonfinite_in_a_row} steps in a row had a '
+                            f'non-finite loss or gradient (last at step {step}); lower '
+                            'optim.base_lr or check the data')
+    else:
+      self.nonfinite_in_a_row = 0
+    metrics.update(timing, lr=float(f'{lr:.6g}'))  # Not 1.0000000000000003e-05.
+    if step % c.log_every_steps == 0:
+      self.writer.write(step, {f'train_{k}' if 'error' in k or k == 'loss' else k: v
+                               for k, v in metrics.items()})
+    self.progress.update(step, metrics)
+
+  # ---- The end --------------------------------------------------------------------------------
+
+  def finish(self) -> dict[str, Any]:
+    """The final 1-view (the last epoch's, if it evaluated the last step) and 10-view
+    evaluations, written to metrics.jsonl, TensorBoard and final_metrics.json."""
+    c, step, data = self.config, self.step_count, self.data
+    final = {'step': step, 'epochs': step / self.steps_per_epoch}
+    if self.last_eval[0] == step:
+      one_view = self.last_eval[1]
+    else:
+      one_view = evaluation.evaluate(self.eval_1view, self.state.params, data.eval, self.mesh,
+                                     self.arrays, c.batch_size)
+    results = {1: one_view}
+    if c.eval.ten_views:
+      eval_10views = evaluation.make_eval_step(self.graphdef, num_classes=c.model.num_classes,
+                                               preprocessing=data.preprocessing, views=10)
+      results[10] = evaluation.evaluate(eval_10views, self.state.params, data.eval, self.mesh,
+                                        self.arrays, c.batch_size)
+    data.eval.close()
+    for views, result in results.items():
+      for k, v in result.items():
+        final[f'{views}view_{k}'] = v
+    self.writer.write(step, {f'final_{k}': v for k, v in final.items()})
+    self.writer.close()
+    if not self.main_process:
+      return final
+    with open(os.path.join(self.workdir, FINAL_METRICS), 'w') as f:
+      json.dump(final, f, indent=1)
+    writers.plot(self.writer.path, os.path.join(self.workdir, 'curves.png'))
+    print('final: ' + '; '.join(
+        f'{views}-view top-1 error {final[f"{views}view_top1_error"]:.4f}, top-5 '
+        f'{final[f"{views}view_top5_error"]:.4f}' for views in results))
+    log.info('written to %s: %s, metrics.jsonl, curves.png, tensorboard/, checkpoints/%s',
+             self.workdir, FINAL_METRICS,
+             f', {BAD_EXAMPLES_FILE}' if self.bad_examples.named else '')
     return final
-  with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-    json.dump(final, f, indent=1)
-  metrics_lib.plot(history_path, os.path.join(workdir, 'curves.png'))
-  print('final: ' + '; '.join(
-      f'{views}-view top-1 error {final[f"{views}view_top1_error"]:.4f}, top-5 '
-      f'{final[f"{views}view_top5_error"]:.4f}' for views in results))
-  return final
 
 
-def _record(pending, writer, progress, nonfinite_in_a_row, config) -> int:
-  step, metrics, images_per_s, step_time, lr = pending
-  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  if metrics.pop('finite') < 1:
-    nonfinite_in_a_row += 1
-    writer.count_nonfinite(step)
-    if nonfinite_in_a_row > config.max_nonfinite_steps:
-      raise TrainingError(f'training: {nonfinite_in_a_row} steps in a row had a non-finite '
-                          f'loss or gradient (last at step {step}); lower optim.base_lr or '
-                          'check the data')
-  else:
-    nonfinite_in_a_row = 0
-  metrics.update(images_per_s=images_per_s, step_time_s=step_time, lr=lr)
-  if step % config.log_every_steps == 0:
-    writer.write(step, {f'train_{k}' if 'error' in k or k == 'loss' else k: v
-                        for k, v in metrics.items()})
-  progress.update(step, metrics)
-  return nonfinite_in_a_row
+class StepTimer:
+  """Wall time of completed steps: from the moment one step's outputs were ready to the next
+  one's. The first step of a (re)start includes compilation, reported apart; after an
+  evaluation or a save, time counts from when they ended (the device was idle)."""
+
+  def __init__(self):
+    self.last, self.compiled = time.perf_counter(), False
+
+  def idle(self) -> None:
+    self.last = time.perf_counter()
+
+  def done(self) -> dict[str, float]:
+    """Call once a step's outputs are on the host: its timing metrics."""
+    now = time.perf_counter()
+    seconds, self.last = now - self.last, now
+    if not self.compiled:
+      self.compiled = True
+      return {'compile_time_s': seconds}  # Compilation and the first step.
+    return {'step_time_s': seconds}

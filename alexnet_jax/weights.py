@@ -115,10 +115,21 @@ def load_state_dict(model: AlexNet, tensors: dict[str, np.ndarray]) -> AlexNet:
   return model
 
 
-def export_state_dict(model: AlexNet, path: str | os.PathLike) -> None:
-  """Writes the weights to `path`: `.npz`, or `.pth` (needs torch)."""
+def preprocessing_path(weights_path: str | os.PathLike) -> str:
+  """Where a weights file's preprocessing record lies: `alexnet.npz` ->
+  `alexnet.preprocessing.json` (alexnet_jax/preprocess.py)."""
+  return os.path.splitext(os.fspath(weights_path))[0] + '.preprocessing.json'
+
+
+def export_state_dict(model: AlexNet, path: str | os.PathLike, preprocessing=None) -> None:
+  """Writes the weights to `path`: `.npz`, or `.pth` (needs torch); with `preprocessing` (a
+  preprocess.Preprocessing), its record beside them, so that whoever loads them feeds them
+  the pixels they were trained on."""
   tensors = state_dict(model)
   path = os.fspath(path)
+  if preprocessing is not None:
+    with open(preprocessing_path(path), 'w') as f:
+      f.write(preprocessing.to_json())
   if path.endswith('.pth') or path.endswith('.pt'):
     import torch  # pylint: disable=g-import-not-at-top
     torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path)

@@ -16,7 +16,7 @@ scikit-image ships, varied by crops, flips and scales) and produce 224x224 train
 
 Each with 0 workers (the main process alone with one reader thread: one core) and 2 worker
 processes (both cores of this machine). Like for like, compare "ours (float, on host)" with
-the PyTorch-style row: both do all the float work on the host. Medians of --repeats runs; prints a table and appends it to BENCHMARKS.md.
+the PyTorch-style row: both do all the float work on the host. Medians of --repeats runs; prints a table (--record appends it to BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alexnet_jax import datasets, images, input_pipeline, prepare  # noqa: E402
+from alexnet_jax import datasets, images, input_pipeline, prepare, preprocess  # noqa: E402
 from records import markdown_table, record  # noqa: E402
 
-CROP, BATCH = 224, 128
+CROP = 224
 
 
 def make_records(directory: str, count: int) -> str:
@@ -66,24 +66,24 @@ def make_records(directory: str, count: int) -> str:
   return out
 
 
-def ours(directory: str, workers: int, batches: int, on_host: bool) -> float:
+def ours(directory: str, workers: int, batches: int, on_host: bool, batch_size: int) -> float:
   source = datasets.PreparedSource(directory, 'train')
   stats = datasets.Stats(classes=())
-  augment = input_pipeline.Augment(CROP)
-  mean = np.asarray(stats.mean_rgb, np.float32)
+  record = preprocess.Preprocessing(crop=CROP, mean=tuple(stats.mean_rgb),
+                                    eigval=stats.eigval, eigvec=stats.eigvec)
   # With no worker processes, one reader thread: a single core, like the torch row.
-  it = input_pipeline.train_dataset(source, augment, global_batch=BATCH, seed=0,
-                                    workers=workers, prefetch=4,
-                                    host_mean=mean if on_host else None,
+  it = input_pipeline.train_dataset(source, input_pipeline.Augment(record),
+                                    global_batch=batch_size, seed=0, workers=workers, prefetch=4,
+                                    normalize_on_host=on_host,
                                     threads=1 if workers == 0 else None)
   next(it)  # Start-up (worker processes) is not throughput.
   start = time.perf_counter()
   for _ in range(batches):
     batch = next(it)
   seconds = time.perf_counter() - start
-  assert batch['image'].shape == (BATCH, CROP, CROP, 3)
+  assert batch['image'].shape == (batch_size, CROP, CROP, 3)
   it.close()
-  return batches * BATCH / seconds
+  return batches * batch_size / seconds
 
 
 class TorchStyleDataset:
@@ -102,8 +102,9 @@ class TorchStyleDataset:
   def __getitem__(self, i):
     import torch  # pylint: disable=g-import-not-at-top
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    record, label = self.source.record(i)
-    im = images.open_rgb(record.tobytes())  # Image.open(...).convert('RGB')
+    example = self.source.example(i)
+    im = images.open_rgb(example.image)  # Image.open(...).convert('RGB')
+    label = example.label
     w, h = im.size
     top, left = np.random.randint(0, h - CROP + 1), np.random.randint(0, w - CROP + 1)
     im = im.crop((left, top, left + CROP, top + CROP))  # RandomCrop
@@ -116,10 +117,10 @@ class TorchStyleDataset:
     return x, label
 
 
-def torch_style(directory: str, workers: int, batches: int) -> float:
+def torch_style(directory: str, workers: int, batches: int, batch_size: int) -> float:
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(1)
-  loader = torch.utils.data.DataLoader(TorchStyleDataset(directory), batch_size=BATCH,
+  loader = torch.utils.data.DataLoader(TorchStyleDataset(directory), batch_size=batch_size,
                                        shuffle=True, num_workers=workers, drop_last=True,
                                        persistent_workers=workers > 0,
                                        prefetch_factor=4 if workers else None)
@@ -129,26 +130,29 @@ def torch_style(directory: str, workers: int, batches: int) -> float:
   for _ in range(batches):
     x, _ = next(it)
   seconds = time.perf_counter() - start
-  assert tuple(x.shape) == (BATCH, 3, CROP, CROP)
+  assert tuple(x.shape) == (batch_size, 3, CROP, CROP)
   del it
-  return batches * BATCH / seconds
+  return batches * batch_size / seconds
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--images', type=int, default=2048)
-  parser.add_argument('--batches', type=int, default=12)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--no-record', action='store_true', help='Do not append to BENCHMARKS.md.')
+  parser.add_argument('--images', type=int, default=2048, help='Training images to prepare.')
+  parser.add_argument('--batch', type=int, default=128, help='Images per batch.')
+  parser.add_argument('--batches', type=int, default=12, help='Batches timed per run.')
+  parser.add_argument('--repeats', type=int, default=3, help='Runs per row (the median).')
+  parser.add_argument('--workers', default='0,2', help='Worker counts to run, comma-separated.')
+  parser.add_argument('--record', action='store_true',
+                      help='Append the table to the tracked experiments/BENCHMARKS.md.')
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as tmp:
     directory = make_records(tmp, args.images)
     rows = []
-    for workers in (0, 2):
+    for workers in (int(w) for w in args.workers.split(',')):
       cases = [('ours (uint8 + flip + lighting offset)', lambda: ours(directory, workers, args.batches,
-                                                              False)),
-               ('ours (float, on host)', lambda: ours(directory, workers, args.batches, True)),
-               ('PyTorch-style', lambda: torch_style(directory, workers, args.batches))]
+                                                              False, args.batch)),
+               ('ours (float, on host)', lambda: ours(directory, workers, args.batches, True, args.batch)),
+               ('PyTorch-style', lambda: torch_style(directory, workers, args.batches, args.batch))]
       results = {}
       for name, fn in cases:
         results[name] = statistics.median(fn() for _ in range(args.repeats))
@@ -160,9 +164,9 @@ def main():
   header = ('pipeline', 'workers', 'images/s', 'images/s per core', 'vs PyTorch-style')
   table = markdown_table(header, rows)
   print(table)
-  if not args.no_record:
+  if args.record:
     record('Input pipeline', 'benchmark_input.py',
-           f'batches of {BATCH} {CROP}x{CROP} crops from 256x256 JPEG records (quality 90), '
+           f'batches of {args.batch} {CROP}x{CROP} crops from 256x256 JPEG records (quality 90), '
            f'median of {args.repeats} runs of {args.batches} batches.', table)
 
 if __name__ == '__main__':

@@ -58,7 +58,9 @@ def define_flags():
   """Flags, defined when run as a script (tests import this module)."""
   cli.define_config_flag(sweep.DEFAULT_CONFIG, 'Config file, `file.py` or `file.py:recipe`; '
                          'override fields as --config.section.field=value, for both runs.')
-  flags.DEFINE_string('out', 'experiments/figure1', 'Directory for the two runs and the plot.')
+  flags.DEFINE_string('out', None, 'Directory for the two runs and the plot (required; the '
+                      'tracked experiments/figure1 holds the recorded result).')
+  flags.mark_flag_as_required('out')
   flags.DEFINE_float('target', 0.25, 'Training error to reach (the paper: 25%).')
   flags.DEFINE_integer('seed', 0, 'Seed of both runs.')
 

@@ -1,12 +1,12 @@
 """The same AlexNet in PyTorch, written the way a PyTorch user would: the benchmark's baseline.
 
-`TorchAlexNet(spec)` builds the net of one of our `ModelSpec`s (the paper's, or the embedded
-default's scaled-down one) as a standard `nn.Module`: NCHW, the two towers as `groups=2`
-convolutions (as Caffe's and torch's ports of the two-GPU net do), torch's own
-`local_response_norm` per tower, `max_pool2d`, dropout and `Linear` layers. Its
-`state_dict()` keys and layouts are those of `alexnet_jax.weights.state_dict`, so the two nets
-can be loaded with the same weights and checked to compute the same logits
-(tests/test_benchmark.py).
+`TorchAlexNet(spec)` builds the net of one of our `ModelSpec`s (the paper's, torchvision's
+`owt`, or the embedded default's scaled-down one) as a standard `nn.Module`: NCHW, the two
+towers as `groups=2` convolutions (as Caffe's and torch's ports of the two-GPU net do),
+torch's own `local_response_norm` per tower, `max_pool2d`, dropout and `Linear` layers. Its
+`state_dict()` layouts are those of `alexnet_jax.weights.state_dict` (keys named by layer:
+conv1 ... fc8), so the two nets can be loaded with the same weights and checked to compute
+the same logits (tests/test_benchmark.py).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class TorchAlexNet(nn.Module):
   def __init__(self, spec: ModelSpec):
     super().__init__()
     unsupported = [f for f in ('lrn_across_towers', 'lrn1_before_relu', 'extra_norm2',
-                               'skip_conv4', 'dropout_before_fc') if getattr(spec, f)]
+                               'skip_conv4') if getattr(spec, f)]
     if unsupported or not spec.cross_tower:
       raise NotImplementedError(f'TorchAlexNet: {unsupported or ["cross_tower=False"]}')
     self.spec = spec
@@ -65,9 +65,17 @@ class TorchAlexNet(nn.Module):
       h = F.adaptive_avg_pool2d(h, s.adaptive_pool)
     h = torch.flatten(h, 1)
     for fc in (self.fc6, self.fc7):
-      h = act(fc(h))
-      if s.dropout_rate:
-        h = F.dropout(h, s.dropout_rate, self.training)  # Inverted: kept units / (1 - rate).
-        if not s.dropout_inverted:  # The paper's: unscaled in training, x (1 - rate) in test.
-          h = h * (1 - s.dropout_rate)
+      if s.dropout_before_fc:  # torchvision's: dropout on the inputs of fc6 and fc7.
+        h = act(fc(self._dropout(h)))
+      else:  # The paper's: on their outputs.
+        h = self._dropout(act(fc(h)))
     return self.fc8(h)
+
+  def _dropout(self, h):
+    s = self.spec
+    if not s.dropout_rate:
+      return h
+    h = F.dropout(h, s.dropout_rate, self.training)  # Inverted: kept units / (1 - rate).
+    if not s.dropout_inverted:  # The paper's: unscaled in training, x (1 - rate) in test.
+      h = h * (1 - s.dropout_rate)
+    return h

@@ -23,6 +23,8 @@ from PIL import Image
 import alexnet_jax
 from alexnet_jax import checkpoint
 from alexnet_jax import config as config_lib
+from alexnet_jax import datasets
+from alexnet_jax import records
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,6 +75,7 @@ def train_config(**overrides):
   c = load_config('digits.py')
   c.model.width = 0.125
   c.batch_size = 16
+  c.optim.base_lr = 0.02  # The rate these tests were written for (the default's at batch 32).
   c.num_epochs = 2
   c.steps_per_epoch = 3
   c.progress = False
@@ -92,7 +95,8 @@ def data_config(**data_overrides):
 
 
 # Command-line flags of the same small run, for `python -m alexnet_jax.main`.
-MAIN_FLAGS = ('--config.progress=False', '--config.batch_size=16', '--config.model.width=0.125')
+MAIN_FLAGS = ('--config.progress=False', '--config.batch_size=16', '--config.model.width=0.125',
+              '--config.optim.base_lr=0.02')
 
 # ---- Real images and files ------------------------------------------------------------------
 
@@ -147,6 +151,42 @@ def make_folder(root: Path) -> Path:
   return root
 
 
+def damage_record(directory, split: str, index: int) -> str:
+  """Flips 8 bytes of prepared example `index`'s image data (three quarters into its
+  record, past the JPEG's tables), inside its shard file; returns its original file name."""
+  source = datasets.PreparedSource(str(directory), split)
+  shard, j = source.locate(index)
+  record = source.shards[shard][j]
+  path = Path(source.shards[shard].path)
+  data = bytearray(path.read_bytes())
+  at = data.find(record)
+  assert at > 0 and data.count(record) == 1, 'the record is not stored as it is'
+  at += len(record) * 3 // 4
+  data[at:at + 8] = bytes(255 - b for b in data[at:at + 8])
+  path.write_bytes(bytes(data))
+  return records.decode(record).name
+
+
+def png_bomb(side: int = 40_000) -> bytes:
+  """A small valid PNG whose header declares side x side pixels."""
+  import struct  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
+  data = bytearray(png(np.zeros((8, 8, 3), np.uint8)))
+  ihdr = data.index(b'IHDR')
+  data[ihdr + 4:ihdr + 12] = struct.pack('>II', side, side)
+  data[ihdr + 17:ihdr + 21] = struct.pack('>I', zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+  return bytes(data)
+
+
+def jpeg_bomb(side: int = 40_000) -> bytes:
+  """A small JPEG whose frame header declares side x side pixels."""
+  import struct  # pylint: disable=g-import-not-at-top
+  data = bytearray(jpeg(np.zeros((16, 16, 3), np.uint8)))
+  sof = data.index(b'\xff\xc0')
+  data[sof + 5:sof + 9] = struct.pack('>HH', side, side)
+  return bytes(data)
+
+
 class BreakingSource:
   """Wraps a source; after `after` reads in a process, it raises, or kills that process (as
   the OOM killer would). Defined here so that grain's spawned workers can unpickle it."""
@@ -196,6 +236,15 @@ def last_checkpoint_meta(workdir) -> tuple[list[int], dict]:
   with read_checkpoints(workdir) as ckpts:
     steps = ckpts.steps()
     return steps, ckpts.read_meta(steps[-1])
+
+
+def tensorboard_steps(workdir, tag: str) -> list[int]:
+  """The steps of `tag` as TensorBoard's own reader sees a run's event files."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(str(Path(workdir) / 'tensorboard'),
+                                              size_guidance={'scalars': 0})
+  events.Reload()
+  return [e.step for e in events.Scalars(tag)]
 
 
 def metrics_rows(workdir) -> list[dict]:

@@ -1,6 +1,8 @@
 """Every config file with every recipe loads as the command lines load it and validates: the
 net builds with the recipe's parameter count, the optimizer is valid, the batch splits over
 the mesh; and the files change nothing of the recipe but the data's place."""
+import re
+
 import pytest
 from absl import flags
 
@@ -77,3 +79,20 @@ def test_every_field_of_the_schema_has_a_comment():
       assert '#' in line or lines[i - 1].strip().startswith('#'), line
   assert config_lib.base_config().to_dict().keys() >= {'model', 'data', 'optim', 'eval',
                                                         'checkpoint', 'distributed'}
+
+
+@pytest.mark.slow
+def test_help_lists_every_flag_the_command_takes(tmp_path):
+  """--help, not only --helpfull, lists the shared flags: the model's and --config."""
+  wanted = {'main': ('--config', '--workdir'),
+            'evaluate': ('--workdir', '--checkpoint', '--weights', '--config', '--ensemble'),
+            'predict': ('--workdir', '--checkpoint', '--weights', '--config'),
+            'features': ('--workdir', '--checkpoint', '--weights', '--config')}
+  runs = {c: helpers.Process('-m', f'alexnet_jax.{c}', '--help', log=tmp_path / c)
+          for c in wanted}  # Side by side: each is mostly imports.
+  for command, flags_wanted in wanted.items():
+    runs[command].popen.wait(timeout=120)
+    out = runs[command].output()
+    assert 'Traceback' not in out, out[-2000:]
+    for flag in flags_wanted:
+      assert re.search(rf'^\s+{flag}:', out, re.M), (command, flag, out[-3000:])

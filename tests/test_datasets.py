@@ -71,9 +71,8 @@ def test_prepared_lighting_uses_the_metadatas_eigenvectors(photo_folder, tmp_pat
                          progress=False)
   c = data_config(source='prepared', path=str(tmp_path / 'p'), eval_split='validation')
   data = input_pipeline.create(c)
-  aug = input_pipeline.Augment(32, eigval=data.stats.eigval, eigvec=data.stats.eigvec)
   rng = np.random.default_rng(0)
-  draws = np.stack([aug.lighting(rng) for _ in range(30000)])
+  draws = np.stack([data.preprocessing.lighting(rng) for _ in range(30000)])
   want = 0.01 * np.asarray(meta['rgb_covariance'])
   np.testing.assert_allclose(np.cov(draws.T), want, atol=0.03 * np.abs(want).max())
 
@@ -85,6 +84,8 @@ def test_prepared_lighting_uses_the_metadatas_eigenvectors(photo_folder, tmp_pat
     (dict(mean='median'), 'data.mean'),
     (dict(lighting_std=-1.0), 'data.lighting_std'),
     (dict(image_size=28), 'do not fit'),
+    (dict(preprocessing='torchvision'), "'digits' source holds central squares"),
+    (dict(preprocessing='jpeg'), 'data.preprocessing: must be one of'),
 ])
 def test_bad_data_config_is_a_one_line_error(overrides, message):
   with pytest.raises(datasets.DataError, match=message) as e:
@@ -95,3 +96,83 @@ def test_bad_data_config_is_a_one_line_error(overrides, message):
 def test_an_unprepared_directory_is_reported(tmp_path):
   with pytest.raises(datasets.DataError, match='not a prepared dataset'):
     input_pipeline.create(data_config(source='prepared', path=str(tmp_path)))
+
+
+# ---- Bad examples ----------------------------------------------------------------------------
+
+
+def test_damaged_prepared_records_are_bad_examples_named_by_shard_record_and_file(
+    photo_folder, tmp_path):
+  out = tmp_path / 'p'
+  prepare.prepare('folder', str(photo_folder), str(out), size=32, shard_size=4, workers=1,
+                  progress=False)
+  name = helpers.damage_record(out, 'train', 5)  # Shard 1, record 1.
+  truncated = out / 'train-00003.array_record'
+  with open(truncated, 'r+b') as f:
+    f.truncate(truncated.stat().st_size // 2)
+  source = datasets.PreparedSource(str(out), 'train')
+  bad = {}
+  for i in range(len(source)):
+    try:
+      source[i]
+    except datasets.BadExample as e:
+      bad[i] = str(e)
+  assert sorted(bad) == [5, 12, 13, 14, 15]
+  assert bad[5].startswith(f'train-00001.array_record record 1 ({name}): ')
+  assert bad[12].startswith('train-00003.array_record record 0 (train/space/space_0.jpg): '
+                            'the shard does not open')
+
+
+def test_garbage_empty_truncated_and_oversized_files_are_bad_examples(tmp_path):
+  root = helpers.make_folder(tmp_path / 'f')
+  cat = root / 'train' / 'cat'
+  files = {'garbage.jpg': b'not an image at all' * 50, 'empty.jpg': b'',
+           'truncated.jpg': (cat / 'cat_0.jpg').read_bytes()[:2000],
+           'bomb.png': helpers.png_bomb(), 'bomb.jpg': helpers.jpeg_bomb()}
+  for name, data in files.items():
+    (cat / name).write_bytes(data)
+  config = data_config(source='folder', path=str(root), eval_split='validation')
+  source, _ = datasets.open_source(config.data, 'train')
+  why = {}
+  for i in range(len(source)):
+    try:
+      source[i]
+    except datasets.BadExample as e:
+      why[e.where.rsplit('/', 1)[1]] = e.why
+  assert why.keys() == files.keys()
+  assert why['empty.jpg'] == 'empty file' and 'not an image file' in why['garbage.jpg']
+  assert 'truncated' in why['truncated.jpg']
+  assert why['bomb.png'].startswith('declares 40000x40000 pixels, more than the 100,000,000')
+
+
+@pytest.mark.slow
+def test_decompression_bombs_are_refused_before_decoding(tmp_path):
+  """PNG and JPEG files declaring 40,000 x 40,000 pixels (4.8 GB decoded) in a folder source
+  and in prepare: refused from their headers, in a process whose peak memory stays that of
+  its imports."""
+  root = helpers.make_folder(tmp_path / 'f')
+  (root / 'train' / 'cat' / 'bomb.png').write_bytes(helpers.png_bomb())
+  (root / 'train' / 'cat' / 'bomb.jpg').write_bytes(helpers.jpeg_bomb())
+  script = f'''
+import json, resource, time
+from alexnet_jax import datasets, prepare, preprocess
+start = time.perf_counter()
+source = datasets.FolderSource({str(root)!r}, 'train', preprocess.Preprocessing(size=32, crop=28))
+bad = []
+for i in range(len(source)):
+  try:
+    source[i]
+  except datasets.BadExample as e:
+    bad.append(e.where)
+meta = prepare.prepare('folder', {str(root)!r}, {str(tmp_path / 'p')!r}, size=32, workers=1,
+                       progress=False)
+print(json.dumps({{'bad': bad, 'skipped': meta['splits']['train']['skipped_files'],
+                   'seconds': time.perf_counter() - start,
+                   'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+'''
+  run = helpers.run_python('-c', script)
+  assert run.returncode == 0, run.stderr[-3000:]
+  got = __import__('json').loads(run.stdout.strip().splitlines()[-1])
+  assert sorted(p.rsplit('/', 1)[1] for p in got['bad']) == ['bomb.jpg', 'bomb.png']
+  assert len(got['skipped']) == 2 and all('declares 40000x40000' in s for s in got['skipped'])
+  assert got['peak_mb'] < 1500, got  # A decoded bomb alone would be 4,800 MB.

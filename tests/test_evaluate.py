@@ -43,7 +43,7 @@ def test_ensemble_averages_the_models_softmax(trained_run):
     chunk = whole[start:start + 64]
     padded = np.concatenate([chunk, np.repeat(chunk[:1], 64 - len(chunk), 0)])
     x = jax.device_put(padded, sharding.named(mesh, sharding.BATCH))
-    views = sum(np.asarray(inference.probabilities_fn(m, 10, average=False)(x))
+    views = sum(np.asarray(m.probabilities(10, average=False)(x))
                 for m in models) / 2
     probs.append(views[:len(chunk)].mean(1))
   probs = np.concatenate(probs)
@@ -62,6 +62,8 @@ def test_evaluate_command_prints_the_table_and_writes_json(trained_run, tmp_path
   assert '| views | top-1 error (%) | top-5 error (%) |' in result.stdout
   assert '| 10 (paper, 1 CNN, ILSVRC-2012 val) | 40.7 | 18.2 |' in result.stdout
   saved = json.load(open(out))
+  assert saved['preprocessing'][0].startswith('data: shorter side to 36, central square')
+  assert f'preprocessing of {saved["models"][0]}: {saved["preprocessing"][0]}' in result.stdout
   assert saved['1view']['top1_error'] == pytest.approx(trained_run[1]['1view_top1_error'])
   bad = helpers.run_python('-m', 'alexnet_jax.evaluate', f'--workdir={tmp_path}/nowhere')
   assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(

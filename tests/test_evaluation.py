@@ -3,14 +3,15 @@ padded batches, never more than two steps in flight (the multi-process hang of i
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 import alexnet_jax
 from alexnet_jax import datasets
 from alexnet_jax import evaluation
 from alexnet_jax import input_pipeline
+from alexnet_jax import preprocess
 from alexnet_jax import sharding
 from helpers import small_config
 
@@ -26,30 +27,46 @@ def test_loss_and_errors_by_hand():
   np.testing.assert_array_equal(top5, ranks >= 5)
 
 
-def eval_setup(examples=37, views=1) -> types.SimpleNamespace:
-  """A small net on a (2 data x 2 tower) mesh, random 36x36 images, padded batches of 8,
-  and the evaluation step and loop arguments."""
+class WithBadExamples(datasets.ArraySource):
+  """In-memory examples, some of which do not decode."""
+
+  def __init__(self, images, labels, bad):
+    super().__init__(images, labels)
+    self.bad = set(bad)
+
+  def __getitem__(self, i):
+    if i in self.bad:
+      raise datasets.BadExample(self.where(i), 'not an image file')
+    return super().__getitem__(i)
+
+
+def eval_setup(examples=37, views=1, bad=(), keep=None) -> types.SimpleNamespace:
+  """A small net on a (2 data x 2 tower) mesh, random 36x36 images (`bad` ones unreadable,
+  only `keep` ones if given), padded batches of 8, and the evaluation step and loop
+  arguments."""
   mesh = sharding.make_mesh(2)
   net = alexnet_jax.create_model(small_config(image_size=32, conv1_stride=1), seed=4,
                                  mesh=mesh)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (examples, 36, 36, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, examples).astype(np.int32)
-  dataset = input_pipeline.eval_dataset(datasets.ArraySource(images, labels), global_batch=8,
+  if keep is not None:
+    images, labels = images[keep], labels[keep]
+  dataset = input_pipeline.eval_dataset(WithBadExamples(images, labels, bad), global_batch=8,
                                         crop=32 if views == 1 else None)
   graphdef, params = nnx.split(net, nnx.Param)
-  step = evaluation.make_eval_step(graphdef, num_classes=10, divide=50.0, crop=32, views=views)
-  mean = jax.device_put(np.full((32, 32, 3), 120.0, np.float32),
-                        sharding.named(mesh, sharding.REPLICATED))
+  record = preprocess.Preprocessing(size=36, crop=32, mean=(120.0,) * 3, std=(50.0,))
+  step = evaluation.make_eval_step(graphdef, num_classes=10, preprocessing=record, views=views)
+  arrays = evaluation.replicated(record.arrays(), mesh)
   return types.SimpleNamespace(net=net, mesh=mesh, images=images, labels=labels,
-                               dataset=dataset, step=step, params=params, mean=mean)
+                               dataset=dataset, step=step, params=params, arrays=arrays)
 
 
 def test_evaluate_averages_over_the_valid_examples_only():
   """37 examples in batches of 8: the last batch's 3 padding rows count for nothing."""
   e = eval_setup()
-  got = evaluation.evaluate(e.step, e.params, e.dataset, e.mesh, e.mean, 8)
-  crops = input_pipeline.center_crop(e.images.transpose(1, 2, 0, 3), 32).transpose(2, 0, 1, 3)
+  got = evaluation.evaluate(e.step, e.params, e.dataset, e.mesh, e.arrays, 8)
+  crops = preprocess.center_crop(e.images.transpose(1, 2, 0, 3), 32).transpose(2, 0, 1, 3)
   x = np.concatenate([crops, crops[:1]]).astype(np.float32)  # 38 rows: 2 data shards.
   logits = np.asarray(e.net((x - 120.0) / 50.0), np.float64)[:37]
   labels = e.labels
@@ -57,7 +74,21 @@ def test_evaluate_averages_over_the_valid_examples_only():
   rank = (logits > logits[np.arange(37), labels][:, None]).sum(-1)
   want = {'loss': -logp[np.arange(37), labels].mean(), 'top1_error': (rank >= 1).mean(),
           'top5_error': (rank >= 5).mean()}
-  assert got.keys() == want.keys()
+  assert got.pop('skipped') == 0 and got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize('views', [1, 10])
+def test_bad_examples_are_left_out_and_counted(views):
+  """Three unreadable examples: the errors are those of the other 34, and the three are
+  reported as skipped, never silently dropped."""
+  bad = (0, 17, 36)
+  e = eval_setup(views=views, bad=bad)
+  got = evaluation.evaluate(e.step, e.params, e.dataset, e.mesh, e.arrays, 8)
+  good = eval_setup(views=views, keep=[i for i in range(37) if i not in bad])
+  want = evaluation.evaluate(good.step, good.params, good.dataset, good.mesh, good.arrays, 8)
+  assert got.pop('skipped') == 3 and want.pop('skipped') == 0
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
 
@@ -75,6 +106,6 @@ def test_evaluate_keeps_at_most_two_steps_in_flight():
     results.append(out['count'])
     return out
 
-  assert evaluation.evaluate(keeping_step, e.params, e.dataset, e.mesh, e.mean, 8)[
+  assert evaluation.evaluate(keeping_step, e.params, e.dataset, e.mesh, e.arrays, 8)[
       'top1_error'] <= 1
   assert len(ready_at_dispatch) == 10 and all(ready_at_dispatch), ready_at_dispatch

@@ -5,9 +5,8 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import features
-from alexnet_jax import images
 from alexnet_jax import inference
-from alexnet_jax import input_pipeline
+from alexnet_jax import preprocess
 import helpers
 
 
@@ -20,8 +19,9 @@ def test_fc7_features_and_nearest_neighbour_grid(trained_run, photo_folder, tmp_
   feats, kept = features.extract(trained, paths, batch_size=8)
   assert kept == paths and feats.shape == (len(paths), trained.net.spec.fc_widths[1])
   # The rows are the net's fc7 of each image's center crop, as evaluation prepares it.
-  crop = input_pipeline.center_crop(images.load_resized(open(paths[3], 'rb').read(), 36), 32)
-  x = (crop[None].astype(np.float32) - trained.mean) / trained.divide
+  record = trained.preprocessing
+  crop = preprocess.center_crop(record.load(open(paths[3], 'rb').read()), record.crop)
+  x = preprocess.normalize(crop[None], record, record.arrays())
   np.testing.assert_allclose(feats[3], np.asarray(trained.net.features(
       np.concatenate([x, x]), 'fc7'))[0], rtol=1e-5, atol=1e-6)
   assert features.nearest(feats, [len(paths) - 1], 1)[0, 0] == 5

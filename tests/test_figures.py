@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import figure1_relu_tanh as fig1
+import helpers
 import figure3_kernels as fig3
 
 
@@ -31,3 +32,14 @@ def test_figure3_puts_tower_0_above_tower_1():
   assert tuple(grid[2, 2]) == (255, 0, 0)  # Tower 0's first kernel, top left.
   top_of_tower1 = 2 + rows_per_tower * 8 + 8
   assert tuple(grid[top_of_tower1, 2]) == (0, 0, 255)
+
+
+@pytest.mark.slow
+def test_the_figure_scripts_write_only_where_they_are_told():
+  """Without --out / --output they refuse (one usage line) rather than write into the
+  repository: the tracked experiments/figure1 is updated only on purpose."""
+  for script, flag in (('figure1_relu_tanh.py', '--out'), ('figure3_kernels.py', '--output')):
+    run = helpers.run_python(f'experiments/{script}', '--workdir=x' if 'figure3' in script
+                             else '--seed=0')
+    assert run.returncode != 0 and f'Flag {flag} must have a value other than None' in \
+        run.stderr, run.stderr[-2000:]

@@ -5,12 +5,12 @@ import json
 import shutil
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from alexnet_jax import datasets
 from alexnet_jax import input_pipeline
+from alexnet_jax import preprocess
 from alexnet_jax import sharding
 import helpers
 from helpers import data_config
@@ -25,13 +25,15 @@ def coordinate_image(size):
 
 def test_crop_bounds_and_flip_rate():
   image = coordinate_image(40)
-  aug = input_pipeline.Augment(crop=32, lighting_std=0.0)
+  record = preprocess.Preprocessing(size=40, crop=32, lighting_std=0.0)
+  aug = input_pipeline.Augment(record)
   rng = np.random.default_rng(0)
   tops, lefts, flips = set(), set(), 0
   n = 4000
   for _ in range(n):
     crop, flip, light = aug(image, rng)
-    crop = input_pipeline.normalize(crop[None], light[None], 0, 1.0, np.asarray([flip]))[0]
+    crop = preprocess.normalize(crop[None], record, record.arrays(), lighting=light[None],
+                                flip=np.asarray([flip]))[0]
     assert crop.shape == (32, 32, 3) and not light.any()
     top = int(crop[0, 0, 0])
     flipped = crop[0, 0, 1] > crop[0, -1, 1]
@@ -45,41 +47,6 @@ def test_crop_bounds_and_flip_rate():
     flips += flipped
   assert tops == set(range(9)) and lefts == set(range(9))  # Every offset 0..S-crop, no other.
   assert abs(flips / n - 0.5) < 4 * 0.5 / np.sqrt(n)
-
-
-def test_lighting_noise_covariance_is_alpha_squared_times_lambda_p():
-  aug = input_pipeline.Augment(crop=8)
-  rng = np.random.default_rng(1)
-  draws = np.stack([aug.lighting(rng) for _ in range(40000)])
-  p, lam = np.asarray(datasets.IMAGENET_EIGVEC), np.asarray(datasets.IMAGENET_EIGVAL)
-  want = 0.1**2 * p @ np.diag(lam) @ p.T
-  np.testing.assert_allclose(np.cov(draws.T), want, atol=0.03 * want.max())
-  # Along each eigenvector the noise has std 0.1 * (19.72, 37.09, 121.78).
-  np.testing.assert_allclose((draws @ p).std(0), 0.1 * np.sqrt(lam), rtol=0.03)
-  np.testing.assert_allclose(draws.mean(0), 0, atol=0.05 * np.sqrt(lam).max() * 0.1)
-
-
-def test_ten_views_are_the_corners_center_and_reflections():
-  image = coordinate_image(40)[None]
-  views = input_pipeline.ten_views(image, 32)
-  assert views.shape == (1, 10, 32, 32, 3)
-  corners = [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)]
-  for k, (t, l) in enumerate(corners):
-    np.testing.assert_array_equal(views[0, k], image[0, t:t + 32, l:l + 32])
-    np.testing.assert_array_equal(views[0, k + 5], image[0, t:t + 32, l:l + 32][:, ::-1])
-  on_device = input_pipeline.ten_views(jax.numpy.asarray(image), 32)
-  np.testing.assert_array_equal(np.asarray(on_device), views)
-
-
-def test_normalize_matches_on_host_and_device():
-  rng = np.random.default_rng(2)
-  x = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-  light = rng.normal(size=(2, 3)).astype(np.float32)
-  mean = rng.uniform(100, 130, (8, 8, 3)).astype(np.float32)
-  host = input_pipeline.normalize(x, light, mean, 1.1)
-  device = input_pipeline.normalize(jax.numpy.asarray(x), jax.numpy.asarray(light), mean, 1.1)
-  np.testing.assert_allclose(host, (x - mean + light[:, None, None]) / 1.1, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(device), host, rtol=1e-6)
 
 
 # ---- The grain pipeline ----------------------------------------------------------------------
@@ -139,7 +106,8 @@ def test_restores_across_epoch_boundaries_and_refuses_another_stream():
   source = datasets.ArraySource(np.arange(40 * 4 * 4 * 3, dtype=np.uint32).astype(np.uint8)
                                 .reshape(40, 4, 4, 3), np.arange(40))
   make = lambda **kw: input_pipeline.train_dataset(
-      source, input_pipeline.Augment(3), global_batch=kw.get('batch', 8),
+      source, input_pipeline.Augment(preprocess.Preprocessing(size=4, crop=3)),
+      global_batch=kw.get('batch', 8),
       seed=kw.get('seed', 0), workers=kw.get('workers', 0), prefetch=3)
   straight = take(make(), 12)  # 2.4 epochs.
   # Epoch 0 ends after step 5, epoch 1 after step 10; worker processes once (they are slow
@@ -162,7 +130,7 @@ def test_restores_across_epoch_boundaries_and_refuses_another_stream():
 def test_processes_read_disjoint_rows_of_the_same_global_batches():
   x, y = datasets.digits('train', 36)
   source = datasets.ArraySource(x, np.arange(len(y)))  # Labels are example ids here.
-  aug = input_pipeline.Augment(32)
+  aug = input_pipeline.Augment(preprocess.Preprocessing(size=36, crop=32))
   one = take(input_pipeline.train_dataset(source, aug, global_batch=16, seed=1), 4)
   two = [take(input_pipeline.train_dataset(source, aug, global_batch=16, seed=1, rows=rows), 4)
          for rows in ((0, 8), (8, 16))]
@@ -180,8 +148,13 @@ def test_eval_reads_every_example_once_with_a_padded_last_batch():
   assert masks.sum() == data.eval_examples == 359 and len(masks) == 23 * 16
   _, labels = datasets.digits('test', 36)
   np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches])[masks], labels)
-  center = input_pipeline.center_crop(datasets.digits('test', 36)[0][5], 32)
-  np.testing.assert_array_equal(batches[0]['image'][5], center)
+  # Whole canvases (the 1-view step cuts the centre), the same on every pass.
+  np.testing.assert_array_equal(batches[0]['image'][5], datasets.digits('test', 36)[0][5])
+  assert not np.concatenate([b['bad'] for b in batches]).any()
+  again = list(data.eval)
+  assert len(again) == len(batches)
+  for a, b in zip(again, batches):
+    np.testing.assert_array_equal(a['image'], b['image'])
 
 
 def test_global_batches_land_on_the_data_axis():
@@ -201,12 +174,13 @@ def test_host_normalization_gives_the_device_result():
   data = input_pipeline.create(data_config())
   raw = take(data.train, 1)[0]
   assert raw['flip'].any() and not raw['flip'].all()
-  want = input_pipeline.normalize(raw['image'], raw['lighting'], data.mean, data.divide,
-                                  raw['flip'])
+  record = data.preprocessing
+  want = preprocess.normalize(raw['image'], record, record.arrays(), lighting=raw['lighting'],
+                              flip=raw['flip'], train=True)
   np.testing.assert_allclose(host['image'], want, rtol=1e-6)
-  on_device = input_pipeline.normalize(*(jax.numpy.asarray(raw[k]) for k in ('image',
-                                                                           'lighting')),
-                                       data.mean, data.divide, jax.numpy.asarray(raw['flip']))
+  on_device = preprocess.normalize(jax.numpy.asarray(raw['image']), record, record.arrays(),
+                                   lighting=jax.numpy.asarray(raw['lighting']),
+                                   flip=jax.numpy.asarray(raw['flip']), train=True)
   np.testing.assert_allclose(np.asarray(on_device), want, rtol=1e-6)
 
 
@@ -218,7 +192,7 @@ def test_a_batch_holds_its_examples_augmented_as_the_seed_and_position_say():
   source, stats = datasets.open_source(config.data, 'train')
   positions = input_pipeline.GlobalPositions(len(source), 16, rows=None, seed=3, shuffle=True,
                                              epochs=None)
-  augment = input_pipeline.Augment(32, eigval=stats.eigval, eigvec=stats.eigvec)
+  augment = input_pipeline.Augment(input_pipeline.create(config).preprocessing)
   for row in range(16):
     index, position = positions[16 + row]
     assert position == 16 + row
@@ -252,6 +226,14 @@ def test_fit_takes_classes_sizes_split_and_batch_from_a_folder(tmp_path):
   assert (large.data.image_size, large.model.image_size) == (256, 224)
   assert (large.model.conv1_kernel, large.model.conv1_stride) == (11, 4)  # The paper's.
   assert large.batch_size == 18
+  # A full-size recipe keeps its geometry exactly (torchvision's padding 2, Caffe's 227).
+  photos = tmp_path / 'photos'
+  for recipe in ('paper', 'owt', 'caffe'):
+    fitted = input_pipeline.fit_config(own_images(photos, recipe), mesh)
+    plain = own_images(photos, recipe)
+    assert fitted.model.num_classes == 3 and fitted.data.image_size == plain.data.image_size
+    assert {k: v for k, v in fitted.model.items() if k != 'num_classes'} == \
+        {k: v for k, v in plain.model.items() if k != 'num_classes'}, recipe
 
 
 @pytest.mark.parametrize('damage,message', [
@@ -273,3 +255,39 @@ def test_a_folder_that_cannot_be_learned_is_one_line(tmp_path, damage, message):
   with pytest.raises(datasets.DataError, match=message) as e:
     input_pipeline.fit_config(own_images(root), sharding.make_mesh(2))
   assert '\n' not in str(e.value) and str(e.value).startswith('data.path: ')
+
+
+@pytest.mark.slow
+def test_input_workers_start_once_and_leave_no_shared_memory_behind():
+  """Training batches and two evaluation passes from one worker each, then exit: the two
+  passes are served by the same evaluation worker, close() stops the workers, and nothing is
+  left for multiprocessing's resource tracker to clean up ('leaked shared_memory')."""
+  script = '''
+import sys
+sys.path[:0] = ['tests', '.']
+import psutil
+from helpers import data_config
+from alexnet_jax import input_pipeline
+
+def workers():  # Not multiprocessing's resource tracker, which outlives them.
+  return {p.pid for p in psutil.Process().children(recursive=True)
+          if 'resource_tracker' not in ' '.join(p.cmdline())}
+
+if __name__ == '__main__':
+  data = input_pipeline.create(data_config(workers=1))
+  batches = [next(data.train) for _ in range(3)]
+  train = workers()
+  passes = []
+  for _ in range(2):
+    last = list(data.eval)[-1]
+    passes.append(workers() - train)
+  data.close()
+  psutil.wait_procs([psutil.Process(p) for p in train | passes[0] if psutil.pid_exists(p)],
+                    timeout=30)
+  print('eval workers', len(passes[0]), passes[0] == passes[1], 'left', len(workers()),
+        'rows', len(last['label']))
+'''
+  run = helpers.run_python('-c', script)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert run.stdout.strip().splitlines()[-1] == 'eval workers 1 True left 0 rows 16'
+  assert 'leaked' not in run.stderr, run.stderr[-3000:]

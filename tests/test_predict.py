@@ -4,8 +4,8 @@ import pytest
 
 from alexnet_jax import datasets
 from alexnet_jax import inference
-from alexnet_jax import input_pipeline
 from alexnet_jax import predict
+from alexnet_jax import preprocess
 import helpers
 
 
@@ -22,12 +22,12 @@ def digit_photos(trained_run, tmp_path_factory):
     image, label = source[i]
     path = folder / f'digit_{i}_{label}.jpg'
     path.write_bytes(helpers.jpeg(np.kron(image, np.ones((4, 4, 1), np.uint8))))
-    whole = predict.read(str(path), trained.config.data.image_size)[None]
+    whole = predict.read(str(path), trained.preprocessing)[None]
     margins = []
-    for views, x in ((1, input_pipeline.center_crop(whole[0], trained.crop)[None]),
+    for views, x in ((1, preprocess.center_crop(whole[0], trained.crop)[None]),
                      (10, whole)):
       x = np.concatenate([x, x])  # Two rows: one per device of the data axis.
-      p = np.asarray(inference.probabilities_fn(trained, views)(x))[0]
+      p = np.asarray(trained.probabilities(views)(x))[0]
       margins.append(p[label] - np.max(np.delete(p, label)))
     if min(margins) > 0.01:
       photos.append((str(path), str(label)))
@@ -60,7 +60,13 @@ def test_predict_command_line(trained_run, digit_photos, tmp_path):
   ok = helpers.run_python('-m', 'alexnet_jax.predict', f'--workdir={trained_run[0]}',
                           '--top=3', '--views=10', good)
   assert ok.returncode == 0, ok.stderr[-3000:]
-  (line,) = ok.stdout.strip().splitlines()
+  record, line = ok.stdout.strip().splitlines()
+  assert record.startswith('preprocessing: data: shorter side to '), record  # The run's record.
   assert line.startswith(f'{good}: {label} ') and line.count(', ') == 2, line
   none = helpers.run_python('-m', 'alexnet_jax.predict', f'--workdir={trained_run[0]}')
   assert none.returncode != 0 and 'give one or more image files' in none.stderr
+  # A missing file: the others are still predicted, and the exit status says one failed.
+  missing = helpers.run_python('-m', 'alexnet_jax.predict', f'--workdir={trained_run[0]}',
+                               good, str(tmp_path / 'absent.jpg'))
+  assert missing.returncode == 1 and missing.stdout.count(f'{good}: {label} ') == 1
+  assert missing.stderr.strip().splitlines()[-1] == 'error: 1 of 2 files could not be read'

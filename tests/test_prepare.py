@@ -2,7 +2,9 @@
 the training split's pixel statistics; resumable, with one-line errors."""
 import io
 import os
+import signal
 import tarfile
+import time
 import warnings
 
 import numpy as np
@@ -13,6 +15,7 @@ from PIL import Image
 from alexnet_jax import datasets
 from alexnet_jax import images
 from alexnet_jax import prepare
+from alexnet_jax import records
 import helpers
 from helpers import cmyk_jpeg, jpeg, photos, png
 
@@ -84,7 +87,7 @@ def test_prepare_ilsvrc_end_to_end(ilsvrc, tmp_path):
   rocket = images.resize_and_center_crop(Image.fromarray(photos()['rocket']), 64)
   assert np.abs(val[0][0].astype(float) - rocket).mean() < 6
   assert meta['num_classes'] == 1000 and len(meta['eigval']) == 3
-  assert np.load(out / prepare.MEAN_IMAGE).shape == (64, 64, 3)
+  assert np.load(out / records.MEAN_IMAGE).shape == (64, 64, 3)
 
 
 @pytest.mark.parametrize('fmt', ['jpeg', 'raw'])
@@ -108,7 +111,7 @@ def test_prepare_folder_statistics_and_records(photo_folder, tmp_path, fmt):
   cov = np.cov(pixels.T, bias=True)
   if fmt == 'raw':
     np.testing.assert_allclose(meta['rgb_covariance'], cov, rtol=1e-6)
-    np.testing.assert_allclose(np.load(out / prepare.MEAN_IMAGE), want.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(np.load(out / records.MEAN_IMAGE), want.mean(0), rtol=1e-5)
   vec, val = np.asarray(meta['eigvec']), np.asarray(meta['eigval'])
   np.testing.assert_allclose(vec @ np.diag(val) @ vec.T, meta['rgb_covariance'], rtol=1e-6)
 
@@ -117,8 +120,8 @@ def test_prepare_resumes_without_redoing_finished_shards(photo_folder, tmp_path)
   out = tmp_path / 'resume'
   prepare.prepare('folder', str(photo_folder), str(out), size=32, shard_size=4, workers=1,
                   progress=False)
-  done = prepare.shard_paths(str(out), 'train', 0)[1]
-  lost = prepare.shard_paths(str(out), 'train', 2)[1]
+  done = records.stats_path(str(out), 'train', 0)
+  lost = records.stats_path(str(out), 'train', 2)
   os.utime(done, (1, 1))  # Mark a finished shard: a rerun must leave it alone.
   os.remove(lost)  # An interrupted run: this shard never finished.
   meta = prepare.prepare('folder', str(photo_folder), str(out), size=32, shard_size=4, workers=1,
@@ -176,3 +179,39 @@ def test_prepare_refuses_to_resume_with_other_settings(photo_folder, tmp_path):
       prepare.prepare('folder', str(photo_folder), out, **args)
 
 
+
+
+@pytest.mark.slow
+def test_prepare_killed_with_sigkill_resumes_to_the_same_records(tmp_path):
+  """kill -9 while shards are being written: the rerun keeps the finished shards (untouched),
+  redoes the partial one, and the result reads exactly as an uninterrupted conversion."""
+  root = tmp_path / 'photos'
+  rng = np.random.default_rng(0)
+  for split, count in (('train', 40), ('val', 4)):
+    for c in ('a', 'b'):
+      os.makedirs(root / split / c)
+      for i in range(count // 2):  # Large noisy PNGs: slow enough to kill halfway.
+        (root / split / c / f'{i}.png').write_bytes(
+            png(rng.integers(0, 256, (700, 700, 3), dtype=np.uint8)))
+  args = ('--source=folder', f'--input={root}', '--size=32', '--shard_size=2', '--workers=1')
+  proc = helpers.Process('-m', 'alexnet_jax.prepare', f'--output={tmp_path / "killed"}', *args,
+                         log=tmp_path / 'log.txt')
+  second = records.stats_path(str(tmp_path / 'killed'), 'train', 1)
+  deadline = time.monotonic() + 120
+  while not os.path.exists(second) and proc.returncode is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.popen.wait()
+  done = sorted((tmp_path / 'killed').glob('*.stats.npz'))
+  assert not (tmp_path / 'killed' / records.METADATA).exists() and 2 <= len(done) < 22
+  stamps = {p: p.stat().st_mtime_ns for p in done}
+  kw = dict(size=32, shard_size=2, workers=1, progress=False)
+  resumed = prepare.prepare('folder', str(root), str(tmp_path / 'killed'), **kw)
+  assert {p: p.stat().st_mtime_ns for p in done} == stamps  # Finished shards kept as they were.
+  fresh = prepare.prepare('folder', str(root), str(tmp_path / 'fresh'), **kw)
+  assert resumed == fresh
+  for split in ('train', 'validation'):
+    a, b = (datasets.PreparedSource(str(tmp_path / d), split) for d in ('killed', 'fresh'))
+    for i in range(len(b)):
+      np.testing.assert_array_equal(a[i][0], b[i][0])
+      assert a[i][1] == b[i][1]

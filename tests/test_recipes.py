@@ -10,6 +10,7 @@ import alexnet_jax
 from alexnet_jax import config as config_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import model
+from alexnet_jax import preprocess
 from alexnet_jax import recipes
 from alexnet_jax import sharding
 from helpers import data_config
@@ -96,15 +97,21 @@ def test_cuda_convnet_divides_training_crops_by_1_1_and_evaluation_crops_not():
   """s4: the code divides crops that carry colour noise by 1 + 0.1, training only."""
   c = recipes.config('cuda_convnet')
   assert c.data.lighting_rescale and c.data.divide == 1.0 and c.data.lighting_std == 0.1
-  data = input_pipeline.create(data_config(lighting_rescale=True))
-  assert data.train_divide == pytest.approx(1.1) and data.divide == 1.0
+  record = input_pipeline.create(data_config(lighting_rescale=True)).preprocessing
+  assert record.train_divide() == pytest.approx(1.1) and record.std == (1.0,)
   assert input_pipeline.create(data_config(lighting_rescale=True,
-                                           lighting_std=0.0)).train_divide == 1.0
-  # The training batches, normalized by the workers, are divided; the raw ones match.
+                                           lighting_std=0.0)).preprocessing.train_divide() == 1
+  # Training inputs are the evaluation ones (the same crop) divided by 1.1, in the step (jax)
+  # and in the workers (numpy) alike.
   raw = next(iter(input_pipeline.create(data_config()).train))
   host = next(iter(input_pipeline.create(data_config(lighting_rescale=True,
                                                      normalize_on_host=True)).train))
-  want = input_pipeline.normalize(raw['image'], raw['lighting'], data.mean, 1.1, raw['flip'])
-  np.testing.assert_allclose(host['image'], want, rtol=1e-6)
-  # Evaluation batches stay uint8, normalized in the evaluation step with data.divide (1).
-  assert next(iter(data.eval))['image'].dtype == np.uint8
+  args = dict(lighting=raw['lighting'], flip=raw['flip'])
+  evaluation_input = preprocess.normalize(raw['image'], record, record.arrays(), **args)
+  np.testing.assert_allclose(host['image'], evaluation_input / 1.1, rtol=1e-6)
+  step_input = preprocess.normalize(jax.numpy.asarray(raw['image']), record, record.arrays(),
+                                    **{k: jax.numpy.asarray(v) for k, v in args.items()},
+                                    train=True)
+  np.testing.assert_allclose(np.asarray(step_input), host['image'], rtol=1e-6)
+  # Evaluation batches stay uint8, normalized in the evaluation step, without the 1.1.
+  assert next(iter(input_pipeline.create(data_config()).eval))['image'].dtype == np.uint8

@@ -9,6 +9,7 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
 import alexnet_jax
+from alexnet_jax import onednn
 from alexnet_jax import ops
 from alexnet_jax import sharding
 from alexnet_jax import weights
@@ -227,15 +228,25 @@ def test_gradients_are_the_same_on_every_mesh(variant):
                          mesh_gradients(config, jax.devices()))
 
 
-def test_im2col_kernel_gradients_sum_over_the_data_axis(monkeypatch):
-  """On CPU, large convs take their kernel gradient from `ops.kernel_grad_im2col`; on a
-  2 data x 2 tower mesh it must add the data shards' sums as XLA's own gradient does."""
+@pytest.mark.parametrize('path', ['onednn', 'im2col'])
+def test_cpu_convolution_gradients_sum_over_the_mesh_axes(path, monkeypatch):
+  """On CPU, float32 convs take their gradients from oneDNN, or without it large ones their
+  kernel gradient from `ops.kernel_grad_im2col`; on a 2 data x 2 tower mesh each must add
+  the data shards' kernel gradients, and the towers' gradients of an input they share
+  (conv1's image, conv3's gathered input), as XLA's own gradient does."""
   config = small_config()
-  native = mesh_gradients(config, jax.devices())
-  monkeypatch.setattr(ops, 'IM2COL_MIN_FLOPS', 0)  # Every conv, however small.
-  jax.clear_caches()  # The choice is made when tracing.
+
+  def gradients(use_onednn, im2col_min_flops):
+    monkeypatch.setattr(onednn, 'available', lambda: use_onednn)
+    monkeypatch.setattr(ops, 'IM2COL_MIN_FLOPS', im2col_min_flops)
+    jax.clear_caches()  # The choice is made when tracing.
+    return mesh_gradients(config, jax.devices())
+
   try:
-    assert_gradients_close(mesh_gradients(config, jax.devices()), native)
+    assert onednn.available(), 'oneDNN convolutions did not build (see alexnet_jax/onednn.py)'
+    xlas = gradients(False, float('inf'))
+    ours = gradients(True, float('inf')) if path == 'onednn' else gradients(False, 0)
+    assert_gradients_close(ours, xlas)
   finally:
     monkeypatch.undo()
     jax.clear_caches()

@@ -15,6 +15,8 @@ from alexnet_jax import datasets
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import optim
+from alexnet_jax import prepare
+from alexnet_jax import preprocess
 from alexnet_jax import train
 from alexnet_jax import weights
 import helpers
@@ -30,7 +32,13 @@ def test_train_writes_metrics_checkpoints_and_plots(tmp_path):
   assert [r['step'] for r in rows if 'val_top1_error' in r] == [3, 6]
   train_rows = [r for r in rows if 'train_loss' in r]
   assert [r['step'] for r in train_rows] == list(range(1, 7))
-  assert all(r['lr'] == pytest.approx(0.02) and r['images_per_s'] > 0 for r in train_rows)
+  assert all(r['lr'] == 0.02 for r in train_rows)
+  # The first step includes compilation and says so; the others report a step time and the
+  # rate it gives (the timer's contract is tested on a fake clock below, not by wall time).
+  assert 'compile_time_s' in train_rows[0] and 'images_per_s' not in train_rows[0]
+  for r in train_rows[1:]:
+    assert r['step_time_s'] > 0
+    assert r['images_per_s'] == pytest.approx(train_config().batch_size / r['step_time_s'])
   assert json.load(open(tmp_path / 'final_metrics.json')) == final
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
   assert (tmp_path / 'curves.png').stat().st_size > 1000
@@ -39,6 +47,17 @@ def test_train_writes_metrics_checkpoints_and_plots(tmp_path):
   # The final 1-view evaluation is the last epoch's validation.
   last_val = [r for r in rows if 'val_top1_error' in r][-1]
   assert final['1view_top1_error'] == last_val['val_top1_error']
+
+
+def test_step_timer_counts_from_the_last_completed_step_or_idle_end(monkeypatch):
+  clock = iter([0.0, 5.0, 5.5, 9.0, 9.25, 10.0])
+  monkeypatch.setattr(train.time, 'perf_counter', lambda: next(clock))
+  timer = train.StepTimer()                                 # 0.0: the loop starts
+  assert timer.done() == {'compile_time_s': 5.0}            # 5.0: compilation + first step
+  assert timer.done() == {'step_time_s': 0.5}               # 5.5: a step completed
+  timer.idle()                                              # 9.0: evaluation/saving ended
+  assert timer.done() == {'step_time_s': 0.25}              # 9.25: not counting evaluation
+  assert timer.done() == {'step_time_s': 0.75}
 
 
 def test_image_folder_end_to_end(tmp_path, photo_folder):
@@ -50,7 +69,7 @@ def test_image_folder_end_to_end(tmp_path, photo_folder):
   assert inference.load(str(tmp_path / 'run')).classes == helpers.FOLDER_CLASSES
 
 
-def test_plateau_schedule_drops_in_the_loop_and_resumes_between_drops(tmp_path):
+def test_plateau_schedule_drops_in_the_loop_and_resumes_between_drops(tmp_path, caplog):
   """The paper's schedule with one-step epochs: an improvement of 1.0 in error never comes
   after the first evaluation, so with patience 1 eps drops after epochs 2, 3 and 4, then no
   more (max_drops 3). A run stopped after epoch 3 and resumed takes the same drops and ends
@@ -58,7 +77,12 @@ def test_plateau_schedule_drops_in_the_loop_and_resumes_between_drops(tmp_path):
   config = lambda epochs: train_config(**{
       'num_epochs': epochs, 'steps_per_epoch': 1, 'optim.schedule': 'plateau',
       'optim.plateau_patience': 1, 'optim.plateau_threshold': 1.0})
-  train.train_and_evaluate(config(6), str(tmp_path / 'straight'))
+  with caplog.at_level('INFO', logger='alexnet_jax'):
+    train.train_and_evaluate(config(6), str(tmp_path / 'straight'))
+  # Each drop is one event line (above the progress bar), with a readable rate.
+  assert [r.getMessage() for r in caplog.records if 'stopped improving' in r.getMessage()] \
+      == [f'validation error stopped improving: learning rate now {lr}'
+          for lr in ('0.002', '0.0002', '2e-05')]
   train.train_and_evaluate(config(3), str(tmp_path / 'resumed'))
   train.train_and_evaluate(config(6), str(tmp_path / 'resumed'))
   b = 0.02
@@ -151,6 +175,11 @@ def test_transfer_trains_a_new_head_on_photos_and_freezes_the_rest(trained_run, 
     for k in ('kernel', 'bias'):
       np.testing.assert_array_equal(after[layer][k][...], before[layer][k][...])
   assert after['fc8']['kernel'][...].shape[-1] == 3
+  # The pretrained layers keep seeing inputs scaled as they learned them: the source's mean.
+  source, record = (inference.preprocessing_of(str(p)) for p in (trained_run[0],
+                                                                   tmp_path / 'transfer'))
+  np.testing.assert_array_equal(record.mean, source.mean)
+  assert record.std == source.std and record.crop == source.crop
   losses = [r['train_loss'] for r in helpers.metrics_rows(tmp_path / 'transfer') if 'train_loss' in r]
   # It learns, from digit features, to tell cats, coffee and rockets apart: the loss falls
   # (measured: 1.10 -> about 0.85 over 50 steps) and the held-out photos are classified
@@ -176,6 +205,81 @@ def test_transfer_from_a_state_dict_file_copies_every_layer_but_fc8(trained_run,
                                        r"this net needs \(24, 3, 5, 5\)"):
     train.train_and_evaluate(transfer_config(photo_folder, str(path), **{
         'transfer.source_num_classes': 10, 'model.width': 0.25}), str(tmp_path / 'other'))
+
+
+# ---- Bad examples ----------------------------------------------------------------------------
+
+
+def photos_config(path, **overrides):
+  """3 classes of 36x36 photos (18 training, 6 validation), batches of 4, 2 epochs of 4."""
+  return train_config(**{
+      'data.source': 'auto', 'data.path': str(path), 'data.eval_split': 'validation',
+      'model.num_classes': 3, 'model.fc8_per_tower': False, 'batch_size': 4,
+      'steps_per_epoch': 4, 'data.max_bad_fraction': 0.9, **overrides})
+
+
+def bad_lines(workdir) -> list[str]:
+  return (workdir / train.BAD_EXAMPLES_FILE).read_text().splitlines()
+
+
+def test_damaged_prepared_records_are_skipped_named_counted_and_resume_exactly(
+    photo_folder, tmp_path, caplog):
+  """A record with flipped bytes and a truncated shard (4 records) in the training split, one
+  damaged validation record: the run completes; each bad record it meets is named once (a
+  warning and a line of bad_examples.txt) and counted; evaluation counts the one it skips;
+  a run stopped and resumed around them ends bit-identical."""
+  data = tmp_path / 'prepared'
+  prepare.prepare('folder', str(photo_folder), str(data), size=36, shard_size=4, workers=1,
+                  progress=False)
+  helpers.damage_record(data, 'train', 5)
+  with open(data / 'train-00003.array_record', 'r+b') as f:
+    f.truncate(1000)
+  helpers.damage_record(data, 'validation', 1)
+
+  final = train.train_and_evaluate(photos_config(data), str(tmp_path / 'run'))
+  lines = bad_lines(tmp_path / 'run')
+  assert lines and len(set(lines)) == len(lines)
+  # Only the damaged record (shard 1, record 1) and the truncated shard's records (3, 0-3).
+  assert all(re.match(r'train-0000(1\.array_record record 1|3\.array_record record [0-3]) '
+                      r'\(train/\w+/\w+\.jpg\): ', l) for l in lines), lines
+  warned = [r.getMessage() for r in caplog.records if 'skipped a bad example' in r.getMessage()]
+  assert sorted(warned) == sorted(f'data: skipped a bad example, {l}' for l in lines)
+  counts = [r['data/bad_examples'] for r in helpers.metrics_rows(tmp_path / 'run')
+            if 'data/bad_examples' in r]
+  assert counts and counts == sorted(counts) and counts[-1] >= len(lines)
+  assert final['1view_skipped'] == final['10view_skipped'] == 1
+
+  stopped = tmp_path / 'stopped'
+  train.train_and_evaluate(photos_config(data, num_epochs=1), str(stopped))
+  train.train_and_evaluate(photos_config(data), str(stopped))
+  assert helpers.last_checkpoint_meta(stopped)[1]['checksum'] == \
+      helpers.last_checkpoint_meta(tmp_path / 'run')[1]['checksum']
+  assert set(bad_lines(stopped)) == set(lines)  # Listed once, across the resume too.
+
+
+def test_bad_files_in_a_folder_are_skipped_until_too_many(tmp_path):
+  """Garbage, empty and truncated files in an image folder read directly: skipped, named
+  and counted; a folder where more than data.max_bad_fraction is bad stops in one line."""
+  root = helpers.make_folder(tmp_path / 'photos')
+  cat = root / 'train' / 'cat'
+  bad = {'garbage.jpg': b'GIF89a, or not' * 40, 'empty.jpg': b'',
+         'truncated.jpg': (cat / 'cat_0.jpg').read_bytes()[:1500]}
+  for name, data in bad.items():
+    (cat / name).write_bytes(data)
+  (root / 'val' / 'cat' / 'garbage.jpg').write_bytes(b'\0' * 100)
+  final = train.train_and_evaluate(photos_config(root), str(tmp_path / 'run'))
+  named = {l.split(': ')[0].rsplit('/', 1)[1] for l in bad_lines(tmp_path / 'run')}
+  assert named and named <= set(bad)
+  assert final['1view_skipped'] == 1
+
+  for i in range(12):  # 15 bad of 33: far above the threshold.
+    (cat / f'garbage_{i}.jpg').write_bytes(b'not an image' * 10)
+  with pytest.raises(input_pipeline.InputError, match=r'^data: \d+ of the last \d+ examples read '
+                     r'were bad, more than data.max_bad_fraction=0.001; they are listed in '
+                     r'.*bad_examples.txt$') as e:
+    train.train_and_evaluate(photos_config(root, num_epochs=4, **{
+        'data.max_bad_fraction': 0.001}), str(tmp_path / 'too_many'))
+  assert '\n' not in str(e.value)
 
 
 # ---- Broken input and NaN ------------------------------------------------------------------
@@ -204,7 +308,9 @@ def test_a_nan_gradient_skips_the_update_and_is_counted():
   config = train_config()
   net = alexnet_jax.create_model(config.model)
   graphdef, state, tx = train.init_state(net, config.optim)
-  step = train.make_train_step(graphdef, tx, seed=0, num_classes=10, divide=1.0)
+  record = preprocess.Preprocessing(size=32, crop=32)
+  step = train.make_train_step(graphdef, tx, seed=0, num_classes=10, preprocessing=record,
+                               normalized=True)
   images = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
   images[3, 5, 5, 0] = np.nan  # One NaN pixel: a NaN loss and NaN gradients.
   batch = {'image': images, 'label': np.arange(16, dtype=np.int32) % 10,
@@ -212,11 +318,11 @@ def test_a_nan_gradient_skips_the_update_and_is_counted():
   weights_and_momentum = lambda s: checkpoint.checksum((s.params,
                                                        optim.momentum_buffer(s.opt_state)))
   before = weights_and_momentum(state)  # `step` donates the state it is given.
-  new_state, metrics = step(state, batch, jnp.zeros((32, 32, 3)))
+  new_state, metrics = step(state, batch, record.arrays())
   assert float(metrics['finite']) == 0 and not np.isfinite(float(metrics['loss']))
   assert int(new_state.step) == 1 and weights_and_momentum(new_state) == before
   images[3, 5, 5, 0] = 0.0  # The same batch, clean: the update happens.
-  clean, metrics = step(new_state, batch, jnp.zeros((32, 32, 3)))
+  clean, metrics = step(new_state, batch, record.arrays())
   assert float(metrics['finite']) == 1 and weights_and_momentum(clean) != before
 
 
@@ -233,3 +339,10 @@ def test_non_finite_steps_then_a_clean_stop(tmp_path):
   saved = nnx.split(inference.load(str(tmp_path)).net, nnx.Param)[1]
   assert checkpoint.all_finite(saved)
   assert max(float(jnp.abs(p).max()) for p in jax.tree.leaves(saved)) > 1e20
+
+
+def test_a_profile_of_two_steps_lands_in_tensorboard(tmp_path):
+  train.train_and_evaluate(train_config(profile_steps='2:3', num_epochs=1), str(tmp_path))
+  assert list((tmp_path / 'tensorboard' / 'plugins' / 'profile').glob('*/*.xplane.pb'))
+  with pytest.raises(ValueError, match=r"^profile_steps: 'A:B' with 1 <= A <= B, got '3'$"):
+    train.train_and_evaluate(train_config(profile_steps='3'), str(tmp_path / 'bad'))

@@ -2,14 +2,12 @@
 import jax
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 import alexnet_jax
 from alexnet_jax import sharding
 from alexnet_jax import weights
 from helpers import small_config
-import torch_reference
 
 
 def params_equal(a, b):
@@ -49,25 +47,6 @@ def test_paper_layout_is_caffes():
   c, h, w = 130, 2, 5
   np.testing.assert_array_equal(sd['fc6.weight'][:2048, c * 36 + h * 6 + w],
                                 np.asarray(m.fc6.kernel[0, (h * 6 + w) * 256 + c]))
-
-
-def test_pth_round_trip_and_torchvision_logits(tmp_path):
-  """owt exports torchvision's exact state dict; its logits equal torchvision's net's."""
-  m = alexnet_jax.create_model('owt', seed=4, mesh=sharding.make_mesh(1))
-  weights.export_state_dict(m, tmp_path / 'owt.pth')
-  net = torch_reference.TorchvisionAlexNet().eval()
-  net.load_state_dict(torch.load(tmp_path / 'owt.pth'), strict=True)
-  images = np.array(jax.random.normal(jax.random.key(0), (4, 224, 224, 3)))
-  with torch.no_grad():
-    want = net(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
-  got = np.asarray(m(images))
-  assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
-  # ... and a torchvision-written file loads back into our model.
-  torch.save(net.state_dict(), tmp_path / 'torchvision.pth')
-  again = weights.import_state_dict(
-      alexnet_jax.create_model('owt', seed=9, mesh=sharding.make_mesh(1)),
-      tmp_path / 'torchvision.pth')
-  params_equal(m, again)
 
 
 def test_mismatches_are_one_line_messages_naming_the_key(tmp_path):

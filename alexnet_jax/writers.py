@@ -1,86 +1,59 @@
-"""Where the run's numbers go: JSONL, TensorBoard event files, a progress bar and a PNG."""
+"""Where the run's numbers go: metrics.jsonl, TensorBoard (tensorboardX: no TensorFlow), a
+progress bar and a PNG of the curves."""
 from __future__ import annotations
 
 import json
 import os
-import socket
-import struct
 import sys
 import time
 
-
-def _crc32c_table():
-  table = []
-  for i in range(256):
-    c = i
-    for _ in range(8):
-      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-    table.append(c)
-  return table
+import numpy as np
 
 
-_CRC_TABLE = _crc32c_table()
+def tensorboard_tag(key: str) -> str:
+  """metrics.jsonl's key -> a grouped TensorBoard tag: train_loss -> train/loss,
+  val_top1_error -> val/top1_error, final_... -> final/..., lr -> train/lr, data/... as is."""
+  if '/' in key:
+    return key
+  group, _, rest = key.partition('_')
+  if group in ('train', 'val', 'final') and rest:
+    return f'{group}/{rest}'
+  return f'train/{key}'
 
 
-def _masked_crc32c(data: bytes) -> int:
-  crc = 0xFFFFFFFF
-  for b in data:
-    crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-  crc ^= 0xFFFFFFFF
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+def kernel_grid(kernel: np.ndarray, *, per_row: int = 16, zoom: int = 4,
+                gap: int = 2, tower_gap: int = 8) -> np.ndarray:
+  """(towers, kh, kw, 3, out) conv1 kernels -> an RGB uint8 image, one block per tower, each
+  kernel scaled to the full 0-255 range on its own (the paper's figure 3)."""
+  towers, kh, kw, _, out = kernel.shape
+  rows = -(-out // per_row)
+  cell_h, cell_w = kh * zoom + gap, kw * zoom + gap
+  height = towers * rows * cell_h + (towers - 1) * tower_gap + gap
+  canvas = np.full((height, per_row * cell_w + gap, 3), 255, np.uint8)
+  for t in range(towers):
+    for k in range(out):
+      w = kernel[t, :, :, :, k]
+      w = (w - w.min()) / max(float(np.ptp(w)), 1e-12)  # Each kernel on its own scale.
+      tile = np.kron((255 * w).astype(np.uint8), np.ones((zoom, zoom, 1), np.uint8))
+      top = gap + t * (rows * cell_h + tower_gap) + (k // per_row) * cell_h
+      left = gap + (k % per_row) * cell_w
+      canvas[top:top + kh * zoom, left:left + kw * zoom] = tile
+  return canvas
 
 
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  while True:
-    byte, n = n & 0x7F, n >> 7
-    out.append(byte | (0x80 if n else 0))
-    if not n:
-      return bytes(out)
-
-
-def _field(number: int, wire: int, payload: bytes) -> bytes:
-  return _varint(number << 3 | wire) + payload
-
-
-def _event(step: int, *, tag: str | None = None, value: float = 0.0,
-           file_version: str | None = None) -> bytes:
-  """A tensorflow.Event protobuf: wall_time (1), step (2), file_version (3), summary (5)."""
-  msg = _field(1, 1, struct.pack('<d', time.time())) + _field(2, 0, _varint(step))
-  if file_version is not None:
-    raw = file_version.encode()
-    msg += _field(3, 2, _varint(len(raw)) + raw)
-  if tag is not None:
-    raw = tag.encode()
-    summary_value = _field(1, 2, _varint(len(raw)) + raw) + _field(2, 5, struct.pack('<f', value))
-    summary = _field(1, 2, _varint(len(summary_value)) + summary_value)
-    msg += _field(5, 2, _varint(len(summary)) + summary)
-  return msg
-
-
-class TensorBoardFile:
-  """Scalars as a TensorBoard event file (TFRecord framing), with no TensorFlow or torch."""
-
-  def __init__(self, directory: str):
-    os.makedirs(directory, exist_ok=True)
-    name = f'events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}'
-    self.path = os.path.join(directory, name)
-    self._file = open(self.path, 'ab')
-    self._write(_event(0, file_version='brain.Event:2'))
-
-  def _write(self, record: bytes) -> None:
-    header = struct.pack('<Q', len(record))
-    self._file.write(header + struct.pack('<I', _masked_crc32c(header)) + record +
-                     struct.pack('<I', _masked_crc32c(record)))
-
-  def scalar(self, tag: str, value: float, step: int) -> None:
-    self._write(_event(step, tag=tag, value=float(value)))
-
-  def flush(self) -> None:
-    self._file.flush()
-
-  def close(self) -> None:
-    self._file.close()
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it
+  is installed (1.1-1.5 s a start, measured here) only to accept its tensors, and we give it
+  numpy. While it loads, `import torch` fails as if torch were absent."""
+  if 'torch' in sys.modules or 'tensorboardX' in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules['torch'] = None
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
 
 
 class Writer:
@@ -108,8 +81,12 @@ class Writer:
         f.writelines(kept)
       os.replace(self.path + '.tmp', self.path)
     self._file = open(self.path, 'a')
-    # A new event file per (re)start; TensorBoard shows the latest value of a repeated step.
-    self._tb = TensorBoardFile(os.path.join(workdir, 'tensorboard'))
+    # A new event file per (re)start, which first purges every event at or after the step
+    # the run resumes with: each reader then shows each step once.
+    # The suffix keeps two starts in one second (and one process) from sharing a file name.
+    self._tb = _summary_writer_class()(
+        os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1, flush_secs=10,
+        filename_suffix=f'.{time.time_ns()}')
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
@@ -118,8 +95,16 @@ class Writer:
     self._file.flush()
     for k, v in scalars.items():
       if v is not None:
-        self._tb.scalar(k, v, step)
-    self._tb.flush()
+        self._tb.add_scalar(tensorboard_tag(k), v, step)
+    self._tb.flush()  # What a killed run logged before its checkpoint is never logged again.
+
+  def text(self, tag: str, text: str, step: int) -> None:
+    if self.enabled:
+      self._tb.add_text(tag, text, step)
+
+  def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
+    if self.enabled:
+      self._tb.add_image(tag, image_hwc, step, dataformats='HWC')
 
   def count_nonfinite(self, step: int) -> None:
     self.nonfinite_steps += 1
@@ -143,7 +128,7 @@ class Progress:
   def update(self, step: int, metrics: dict[str, float]) -> None:
     self.bar.n = step
     shown = {'loss': f'{metrics["loss"]:.3f}', 'err': f'{metrics["top1_error"]:.3f}',
-             'img/s': f'{metrics["images_per_s"]:.0f}'}
+             'img/s': f'{metrics["images_per_s"]:.0f}' if 'images_per_s' in metrics else '-'}
     if self.last_eval:
       shown['val_err'] = f'{self.last_eval["top1_error"]:.3f}'
     self.bar.set_postfix(shown, refresh=False)

@@ -1,0 +1,169 @@
+"""oneDNN's convolutions on the CPU, called from XLA through the FFI.
+
+XLA:CPU's own convolution kernels run this net's layers 1.5-4x slower than oneDNN's (the
+library PyTorch uses on CPUs): per layer, forward, input gradient and kernel gradient
+(experiments/BENCHMARKS.md). `native/onednn_conv.cc` wraps oneDNN's three convolution
+primitives as XLA FFI handlers; this module compiles it once per machine, loads it and
+offers the three calls. `ops.conv` uses them on the CPU for float32 and bfloat16 and keeps
+XLA's own convolutions everywhere else.
+
+Contract of each call, as `jax.lax.conv_general_dilated` with NHWC x HWIO -> NHWC, a square
+`stride` and explicit ((top, bottom), (left, right)) zero padding; every operand float32, or
+every operand bfloat16 (oneDNN accumulates in float32 and rounds the result once):
+
+  forward(x, kernel)              -> y
+  input_grad(dy, kernel, x_shape) -> d(sum(y * dy)) / dx
+  kernel_grad(x, dy, kernel_shape) -> d(sum(y * dy)) / dkernel
+
+The results equal lax's up to the summation order (tests/test_ops.py).
+
+What it needs: the pip packages `onednn-cpu-gomp` (the library, with GNU OpenMP) and
+`onednn-devel-cpu-gomp` (its headers), both in requirements.txt for x86-64 Linux, and a C++
+compiler (`c++`, or $CXX). The library is built into $XDG_CACHE_HOME/alexnet_jax (by default
+~/.cache/alexnet_jax), named by a hash of everything that goes into it, in about 5 s on first
+use. Without any of these, `available()` is False, one line says why if the packages are
+there, and everything runs on XLA's convolutions. `ALEXNET_JAX_ONEDNN=0` turns it off (for
+A/B measurements).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import numpy as np
+
+from alexnet_jax import sharding
+
+log = logging.getLogger(__name__)
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'native', 'onednn_conv.cc')
+LIBRARY_PACKAGE, HEADERS_PACKAGE = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
+_TARGETS = {'forward': 'AlexnetConvForward', 'input_grad': 'AlexnetConvInputGrad',
+            'kernel_grad': 'AlexnetConvKernelGrad'}
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+class Unavailable(RuntimeError):
+  """Why the oneDNN path cannot be used here."""
+
+
+def _package_file(package: str, suffix: str) -> str:
+  """The installed file of `package` whose path ends with `suffix`."""
+  try:
+    files = importlib.metadata.files(package) or []
+  except importlib.metadata.PackageNotFoundError:
+    raise Unavailable(f'the package {package} is not installed') from None
+  for f in files:
+    if ('/' + str(f).replace(os.sep, '/')).endswith('/' + suffix):
+      return os.path.realpath(f.locate())
+  raise Unavailable(f'the package {package} has no {suffix}')
+
+
+def _cache_dir() -> str:
+  root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(root, 'alexnet_jax')
+
+
+def build() -> str:
+  """Compiles native/onednn_conv.cc against the installed oneDNN (once; cached by a hash of
+  the source, the headers' and library's paths, the compiler and jaxlib's version). Returns
+  the shared library's path, or raises Unavailable."""
+  library = _package_file(LIBRARY_PACKAGE, 'libdnnl.so.3')
+  header = _package_file(HEADERS_PACKAGE, 'include/oneapi/dnnl/dnnl.hpp')
+  include = os.path.dirname(os.path.dirname(os.path.dirname(header)))  # .../include
+  compiler = os.environ.get('CXX') or shutil.which('c++') or shutil.which('g++')
+  if not compiler:
+    raise Unavailable('no C++ compiler (c++, g++ or $CXX) to build it')
+  with open(SOURCE, 'rb') as f:
+    source = f.read()
+  key = hashlib.sha256(b'\0'.join([source, library.encode(), include.encode(),
+                                   compiler.encode(),
+                                   importlib.metadata.version('jaxlib').encode()]))
+  out_dir = _cache_dir()
+  path = os.path.join(out_dir, f'onednn_conv-{key.hexdigest()[:16]}.so')
+  if os.path.exists(path):
+    return path
+  os.makedirs(out_dir, exist_ok=True)
+  lib_dir = os.path.dirname(library)
+  # Written beside the final name and renamed: processes that build at once never load a
+  # half-written file.
+  fd, tmp = tempfile.mkstemp(suffix='.so', dir=out_dir)
+  os.close(fd)
+  command = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{include}',
+             f'-I{jax.ffi.include_dir()}', SOURCE, f'-L{lib_dir}', '-l:libdnnl.so.3',
+             f'-Wl,-rpath,{lib_dir}', '-o', tmp]
+  try:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+      first = (result.stderr.strip().splitlines() or ['no output'])[0]
+      raise Unavailable(f'building {os.path.basename(SOURCE)} failed: {first}')
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the oneDNN convolutions are built, loaded and registered with XLA:CPU."""
+  if os.environ.get('ALEXNET_JAX_ONEDNN', '1') == '0':
+    return False
+  # oneDNN's OpenMP threads share the cores with XLA's own thread pool. By default GNU
+  # OpenMP keeps them spinning after each convolution, taking the cores from the XLA ops that
+  # follow (and from a second process, or PyTorch's own OpenMP threads, on the same cores):
+  # let them sleep instead, unless the user chose. Read when libgomp loads, just below.
+  os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+  try:
+    library = ctypes.cdll.LoadLibrary(build())
+  except (Unavailable, OSError) as e:  # OSError: a compiler or library that does not run.
+    # Said only where it was meant to work: the packages are there, the build is not.
+    quiet = 'is not installed' in str(e)
+    (log.debug if quiet else log.warning)('oneDNN convolutions off (%s); using XLA:CPU\'s', e)
+    return False
+  for target, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(f'alexnet_jax_conv_{target}',
+                                jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
+  return True
+
+
+def _call(target: str, shape, stride: int, padding: Padding, *args):
+  (top, bottom), (left, right) = padding
+  out = jax.ffi.ffi_call(f'alexnet_jax_conv_{target}',
+                         jax.ShapeDtypeStruct(tuple(shape), args[0].dtype))(
+      *args, stride=np.int64(stride), pad_top=np.int64(top), pad_bottom=np.int64(bottom),
+      pad_left=np.int64(left), pad_right=np.int64(right))
+  # Inside shard_map the result varies along every mesh axis an operand varies along, as a
+  # convolution's would; an FFI call's result is typed as varying along none.
+  axes = tuple(sorted(frozenset().union(*map(sharding.varying_axes, args))))
+  return jax.lax.pcast(out, axes, to='varying') if axes else out
+
+
+def output_shape(x_shape, kernel_shape, stride: int, padding: Padding) -> tuple[int, ...]:
+  (top, bottom), (left, right) = padding
+  size_h, size_w, _, out = kernel_shape
+  return (x_shape[0], (x_shape[1] + top + bottom - size_h) // stride + 1,
+          (x_shape[2] + left + right - size_w) // stride + 1, out)
+
+
+def forward(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  shape = output_shape(x.shape, kernel.shape, stride, padding)
+  return _call('forward', shape, stride, padding, x, kernel)
+
+
+def input_grad(dy: jax.Array, kernel: jax.Array, x_shape, stride: int,
+               padding: Padding) -> jax.Array:
+  return _call('input_grad', x_shape, stride, padding, dy, kernel)
+
+
+def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, stride: int,
+                padding: Padding) -> jax.Array:
+  return _call('kernel_grad', kernel_shape, stride, padding, x, dy)
