@@ -72,16 +72,17 @@ def main(argv):
     cache_compilations(f.workdir)
     train.train_and_evaluate(f.config, f.workdir)
   except checkpoint.CheckpointError as e:
-    # Orbax's failed writer threads are still printing tracebacks, a piece at a time, and a
-    # piece without its newline sat in front of this line once. The state on disk is already
-    # safe: point stdout and stderr at /dev/null for everyone else, write the line to the
-    # terminal's own descriptor in one call, and leave without waiting for those threads.
+    # Orbax's failed writer threads are still printing tracebacks, a piece at a time (the
+    # source line and its newline are separate writes), so the terminal may be mid-line. The
+    # state on disk is already safe: point stdout and stderr at /dev/null for everyone else,
+    # then end whatever line is open and write ours, in one call to the terminal's own
+    # descriptor, and leave without waiting for those threads.
     sys.stdout.flush()
     terminal = os.dup(2)
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     os.dup2(quiet, 2)
-    os.write(terminal, f'error: {e}\n'.encode())
+    os.write(terminal, f'\nerror: {e}\n'.encode())
     os._exit(1)  # pylint: disable=protected-access
   except ValueError as e:  # A config or data that cannot work, found before training.
     cli.fail(str(e))
