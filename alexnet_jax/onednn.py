@@ -4,8 +4,9 @@ XLA:CPU's own convolution kernels run this net's layers 1.5-4x slower than oneDN
 library PyTorch uses on CPUs): per layer, forward, input gradient and kernel gradient
 (experiments/BENCHMARKS.md). `native/onednn_conv.cc` wraps oneDNN's three convolution
 primitives as XLA FFI handlers; this module compiles it once per machine, loads it and
-offers the three calls. `ops.conv` uses them on the CPU for float32 and bfloat16 and keeps
-XLA's own convolutions everywhere else.
+offers the three calls. `ops.conv` uses them on the CPU for float32, and for bfloat16 where
+this CPU has oneDNN kernels for it (`supports`), and keeps XLA's own convolutions
+everywhere else.
 
 Contract of each call, as `jax.lax.conv_general_dilated` with NHWC x HWIO -> NHWC, a square
 `stride` and explicit ((top, bottom), (left, right)) zero padding; every operand float32, or
@@ -113,10 +114,11 @@ def build() -> str:
 
 
 @functools.cache
-def available() -> bool:
-  """Whether the oneDNN convolutions are built, loaded and registered with XLA:CPU."""
+def _library() -> ctypes.CDLL | None:
+  """The built library, loaded and its handlers registered with XLA:CPU; None if it cannot
+  be (saying why in one line where it was meant to work)."""
   if os.environ.get('ALEXNET_JAX_ONEDNN', '1') == '0':
-    return False
+    return None
   # oneDNN's OpenMP threads share the cores with XLA's own thread pool. By default GNU
   # OpenMP keeps them spinning after each convolution, taking the cores from the XLA ops that
   # follow (and from a second process, or PyTorch's own OpenMP threads, on the same cores):
@@ -128,11 +130,30 @@ def available() -> bool:
     # Said only where it was meant to work: the packages are there, the build is not.
     quiet = 'is not installed' in str(e)
     (log.debug if quiet else log.warning)('oneDNN convolutions off (%s); using XLA:CPU\'s', e)
-    return False
+    return None
   for target, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(f'alexnet_jax_conv_{target}',
                                 jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
-  return True
+  return library
+
+
+def available() -> bool:
+  """Whether the oneDNN convolutions are built, loaded and registered with XLA:CPU."""
+  return _library() is not None
+
+
+def supports(dtype) -> bool:
+  """Whether oneDNN's convolutions run in `dtype` on this CPU: float32 wherever they are
+  available; bfloat16 only on CPUs with AVX-512 or newer (not on AVX2 alone)."""
+  dtype = np.dtype(dtype)
+  if dtype == np.float32:
+    return available()
+  return dtype == jax.numpy.bfloat16 and available() and _has_bfloat16_kernels()
+
+
+@functools.cache
+def _has_bfloat16_kernels() -> bool:
+  return bool(_library().AlexnetConvSupports(1))
 
 
 def _call(target: str, shape, stride: int, padding: Padding, *args):

@@ -3,20 +3,23 @@
 Each function computes what its plain `jax.lax` form does, up to the summation order
 (measured in experiments/BENCHMARKS.md; checked in tests/test_ops.py):
 
-- `conv`: on CPU, float32 and bfloat16 convolutions and both their gradients run on oneDNN,
-  through `onednn.py` (up to 9x faster than XLA:CPU's own kernels per part, in most parts
-  1.2-2.6x). Without oneDNN XLA's convolution runs, and for large layers the kernel gradient
+- `conv`: on CPU, float32 convolutions and both their gradients run on oneDNN, through
+  `onednn.py` (up to 9x faster than XLA:CPU's own kernels per part, in most parts
+  1.2-2.6x), and bfloat16 ones too on CPUs with oneDNN's bfloat16 kernels (AVX-512; on
+  AVX2 alone bfloat16 stays on XLA). Without oneDNN XLA's convolution runs, and for large layers the kernel gradient
   is one explicit matrix product (`kernel_grad_im2col`): XLA:CPU lowers the backward-filter
   convolution (a convolution whose "kernel" is the whole 27x27 or 55x55 output gradient) to
   a path that runs 1.5-2x slower than the same arithmetic as matmuls. Other backends keep
   XLA's own convolutions and gradients (cuDNN's kernels are fast).
-- `max_pool`: for large inputs, the gradient goes to the first maximum of each window, in
-  window order, as XLA's select-and-scatter sends it, but computed from strided slices,
-  comparisons, shifts and one interleave: elementwise work that fuses, 5-7x faster than
-  select-and-scatter on CPU, and without its scatter on GPU.
+- `max_pool`: the gradient goes to the first maximum of each window, in window order, as
+  XLA's select-and-scatter sends it, but computed from strided slices, comparisons, shifts
+  and one interleave: elementwise work that fuses, 5-7x faster than select-and-scatter on CPU
+  for the paper's pools, and without its scatter on GPU. On the embedded default's small
+  pools XLA:CPU's select-and-scatter costs more still (an index array per window tap, then a
+  scatter): its train step is 20% faster with the masks.
 
-The XLA-side swaps switch by size (below): on small layers the extra ops cost more than they
-save.
+The im2col kernel gradient switches by size (below): on small layers its extra ops cost more
+than they save.
 """
 from __future__ import annotations
 
@@ -35,10 +38,6 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 # layers at batch 32: 2.4-7.2 GFLOP each); below it, the extra slices and concatenations cost
 # more than they save (the embedded default's layers, 0.1-0.3 GFLOP: 7% slower steps).
 IM2COL_MIN_FLOPS = 1e9
-# Likewise the max-pool gradient by masks pays from about this many input elements up (the
-# paper's pool1 and pool2 at batch 32: 3-5M, 5-7x faster); below it XLA's select-and-scatter
-# is as fast and compiles sooner (2 s less for the embedded default's train step).
-MASKED_POOL_MIN_SIZE = 1_000_000
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -70,9 +69,9 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.
 
 def _on_onednn(x: jax.Array, kernel: jax.Array) -> bool:
   """Whether this convolution runs on oneDNN where it runs on the CPU: float32, or bfloat16
-  (on CPUs with bf16 dot-product instructions 1.3-1.8x faster than its float32)."""
-  return (x.dtype == kernel.dtype and x.dtype in (jnp.float32, jnp.bfloat16)
-          and onednn.available())
+  on CPUs with oneDNN kernels for it (with bf16 dot-product instructions 1.3-1.8x faster
+  than its float32)."""
+  return x.dtype == kernel.dtype and onednn.supports(x.dtype)
 
 
 def _conv_forward(x, kernel, stride, padding):
@@ -202,8 +201,6 @@ def input_grad_matmul(dy: jax.Array, kernel: jax.Array, input_shape: tuple[int, 
 
 def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
   """window x window max pooling at `stride`, no padding, over NHWC."""
-  if x.size < MASKED_POOL_MIN_SIZE:
-    return _reduce_max(x, window, stride)
   return _masked_max_pool(x, window, stride)
 
 

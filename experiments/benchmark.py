@@ -117,7 +117,7 @@ def jax_worker(name: str, batch: int, steps: int, dtype: str) -> dict:
       flip=np.asarray(u8_batch['flip']), train=True)))
   from alexnet_jax import onednn  # pylint: disable=g-import-not-at-top
   result = {'peak_flops': None, 'device': device.device_kind, 'platform': device.platform,
-            'onednn': device.platform == 'cpu' and onednn.available()}
+            'onednn': device.platform == 'cpu' and onednn.supports(dtype)}
   graphdef, state, tx = train.init_state(net, optim_cfg)
   with jax.set_mesh(mesh):
     steps_of = {normalized: train.make_train_step(graphdef, tx, seed=0, num_classes=classes,

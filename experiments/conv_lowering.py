@@ -73,7 +73,7 @@ def variants(x, kernel, stride, padding):
     fns[('input grad', 'xla')] = xla_dx
     fns[('input grad', 'matmul')] = lambda x, k, dy: ops.input_grad_matmul(dy, k, x.shape,
                                                                            padding)
-  if onednn.available():  # What ops.conv runs on CPU: oneDNN's kernels through the FFI.
+  if onednn.supports(x.dtype):  # What ops.conv runs on CPU: oneDNN's kernels through the FFI.
     fns[('forward', 'onednn')] = lambda x, k, dy: onednn.forward(x, k, stride, padding)
     fns[('kernel grad', 'onednn')] = lambda x, k, dy: onednn.kernel_grad(x, dy, k.shape,
                                                                         stride, padding)
@@ -85,7 +85,7 @@ def variants(x, kernel, stride, padding):
 
 def measure(net, batch, dtype, repeats):
   """Rows of (net, batch, dtype, layer, part, XLA ms, matmul ms, oneDNN ms, XLA / matmul,
-  XLA / oneDNN, best GFLOP/s); '-' where oneDNN is not available."""
+  XLA / oneDNN, best GFLOP/s); '-' where oneDNN has no kernel for it here."""
   rng = np.random.default_rng(0)
   rows = []
   for layer, x_shape, k_shape, stride, padding in conv_layers(net, batch):

@@ -1,8 +1,9 @@
 """ops.py's convolution and pooling equal XLA's own, and are the ones taken.
 
-On CPU, float32 and bfloat16 convolutions run on oneDNN (onednn.py), or without it take XLA's
-convolution with the im2col kernel gradient above a size that the tests set to 0; the
-max-pool gradient by masks likewise. Each test compares values with lax and checks from the
+On CPU, float32 convolutions run on oneDNN (onednn.py), bfloat16 ones too where the CPU has
+oneDNN's bfloat16 kernels (AVX-512); without oneDNN they take XLA's convolution with the
+im2col kernel gradient above a size that the tests set to 0. The max-pool gradient is
+always the masked one. Each test compares values with lax and checks from the
 compiled program or the jaxpr that the swap happened."""
 import platform
 
@@ -72,17 +73,44 @@ def test_onednn_convolution_and_its_gradients_equal_laxs(size, stride, padding, 
   assert_close(onednn.kernel_grad(x, dy, kernel.shape, stride, padding), dk, scale=10)
 
 
+def cpu_flags() -> set[str]:
+  with open('/proc/cpuinfo') as f:
+    return {flag for line in f if line.startswith('flags') for flag in line.split()[2:]}
+
+
+def test_onednn_has_bfloat16_kernels_where_the_cpu_does():
+  """oneDNN's bfloat16 convolutions need AVX-512: with bf16 dot products (Zen 4, Cooper Lake
+  and newer) they must be on; on AVX2 alone they must be off, so that ops.conv keeps XLA's
+  convolution instead of failing at run time."""
+  if platform.system() != 'Linux' or platform.machine() != 'x86_64':
+    return
+  flags = cpu_flags()
+  if 'avx512_bf16' in flags or 'amx_bf16' in flags:
+    assert onednn.supports(jnp.bfloat16)
+  if 'avx512f' not in flags:
+    assert not onednn.supports(jnp.bfloat16)
+  assert onednn.supports(jnp.float32) and not onednn.supports(jnp.float16)
+
+
 @pytest.mark.parametrize('size,stride,padding,side', [(11, 4, ((0, 3), (0, 3)), 35),
                                                       (5, 1, ops.same_padding(5), 9)])
-def test_onednn_in_bfloat16_rounds_only_its_results(size, stride, padding, side):
-  """All-bfloat16 operands: oneDNN accumulates in float32, so each result is float32
-  arithmetic on the bfloat16 inputs, rounded once to bfloat16 (relative error <= 2^-8)."""
-  assert onednn.available()
+def test_conv_in_bfloat16_rounds_only_its_results(size, stride, padding, side):
+  """All-bfloat16 operands: oneDNN (where this CPU has its bfloat16 kernels) accumulates in
+  float32, so each result is float32 arithmetic on the bfloat16 inputs, rounded once to
+  bfloat16 (relative error <= 2^-8). Elsewhere ops.conv runs XLA's convolution."""
   x, kernel = (a.astype(jnp.bfloat16) for a in conv_case(size, side, size))
   wide = lambda *arrays: [a.astype(jnp.float32) for a in arrays]
   y, vjp = jax.vjp(lambda x, k: lax_conv(x, k, stride, padding), *wide(x, kernel))
   dy = jnp.cos(y).astype(jnp.bfloat16)
   dx, dk = vjp(*wide(dy))
+  conv = lambda x, k: ops.conv(x, k, stride, padding)
+  program = jax.jit(lambda x, k: jax.vjp(conv, x, k)[1](dy)).lower(x, kernel).compile()
+  calls = program.as_text().count('custom_call_target="alexnet_jax_conv_')
+  assert calls == (2 if onednn.supports(jnp.bfloat16) else 0)
+  if not onednn.supports(jnp.bfloat16):
+    np.testing.assert_allclose(np.asarray(jax.jit(conv)(x, kernel), np.float32), y,
+                               rtol=2 ** -7, atol=1e-2 * float(jnp.abs(y).max()))
+    return
   got = (onednn.forward(x, kernel, stride, padding),
          onednn.input_grad(dy, kernel, x.shape, stride, padding),
          onednn.kernel_grad(x, dy, kernel.shape, stride, padding))
@@ -174,8 +202,7 @@ def test_conv_kernel_gradient_in_bfloat16_keeps_the_kernels_dtype(monkeypatch):
 
 
 @pytest.mark.parametrize('window,stride', [(3, 2), (2, 2), (3, 1), (2, 3)])
-def test_max_pool_gradient_goes_where_xlas_goes_ties_included(window, stride, monkeypatch):
-  monkeypatch.setattr(ops, 'MASKED_POOL_MIN_SIZE', 0)  # The masked gradient at any size.
+def test_max_pool_gradient_goes_where_xlas_goes_ties_included(window, stride):
   rng = np.random.default_rng(window * 10 + stride)
   # Small integers: most windows hold several equal maxima, as ReLU's zeros do.
   x = jnp.asarray(rng.integers(0, 3, size=(2, 13, 11, 4)), jnp.float32)

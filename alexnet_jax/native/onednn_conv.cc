@@ -197,6 +197,19 @@ auto WithAttrs(Binding binding) {
 
 }  // namespace
 
+// Whether this CPU has oneDNN kernels for all three parts in float32 (`bf16` = 0) or
+// bfloat16 (`bf16` = 1): bfloat16 needs AVX-512 or newer (on AVX2 alone the primitive
+// descriptors cannot be created).
+extern "C" int AlexnetConvSupports(int bf16) {
+  Geometry g{bf16 ? Type::bf16 : Type::f32, 2, 8, 8, 16, 3, 3, 16, 8, 8, 1, 1, 1, 1, 1};
+  try {
+    for (Part part : {Part::kForward, Part::kInputGrad, Part::kKernelGrad}) MakePlan(part, g);
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+  return 1;
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvForward, Forward,
                               WithAttrs(ffi::Ffi::Bind().Arg<Buffer>().Arg<Buffer>().Ret<Buffer>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvInputGrad, InputGrad,
