@@ -73,6 +73,24 @@ def test_onednn_convolution_and_its_gradients_equal_laxs(size, stride, padding, 
   assert_close(onednn.kernel_grad(x, dy, kernel.shape, stride, padding), dk, scale=10)
 
 
+def test_onednn_runs_on_every_device_thread():
+  """XLA runs each device's program on its own thread. On AVX2 CPUs oneDNN picks its
+  gemm-based kernel for torchvision's conv1 (3 input channels, 224 px), which crashed the
+  process when a thread ran a primitive another thread had built."""
+  assert onednn.available()
+  mesh = jax.make_mesh((4,), ('data',))
+  spec = jax.sharding.PartitionSpec
+  rng = np.random.default_rng(0)
+  x = jax.device_put(jnp.asarray(rng.normal(size=(4, 224, 224, 3)), jnp.float32),
+                     jax.NamedSharding(mesh, spec('data')))
+  kernel = jnp.asarray(rng.normal(size=(11, 11, 3, 8)), jnp.float32)
+  padding = ((2, 2), (2, 2))
+  conv = jax.jit(jax.shard_map(lambda x, k: onednn.forward(x, k, 4, padding), mesh=mesh,
+                               in_specs=(spec('data'), spec()), out_specs=spec('data')))
+  for _ in range(2):  # The second call finds the primitives built.
+    assert_close(conv(x, kernel), lax_conv(x, kernel, 4, padding))
+
+
 def cpu_flags() -> set[str]:
   with open('/proc/cpuinfo') as f:
     return {flag for line in f if line.startswith('flags') for flag in line.split()[2:]}

@@ -5,7 +5,10 @@
 //
 // Activations stay NHWC in XLA's buffers (oneDNN's `nhwc` tag reads them in place). Kernels
 // are HWIO in XLA and are reordered to and from the blocked layout oneDNN's kernel prefers,
-// which is small next to the convolution. Primitives are built once per shape and kept.
+// which is small next to the convolution. Primitives are built once per shape and calling
+// thread, and kept: XLA runs each device's program on a thread of its own, and oneDNN 3.2's
+// gemm-based convolution (its choice on AVX2 CPUs for conv1's 3 input channels) crashed when
+// run from a thread other than the one that built it.
 // One convolution runs at a time: each already uses every core through OpenMP, and XLA may
 // call two at once (the two towers), which would put two thread teams on the same cores.
 
@@ -110,7 +113,7 @@ std::mutex& Lock() {
 // (forward), x (input gradient) or the kernel (kernel gradient).
 ffi::Error Run(Part part, const Geometry& g, void* x, void* kernel, void* y) {
   std::lock_guard<std::mutex> hold(Lock());
-  static std::map<decltype(g.key(part)), std::unique_ptr<Plan>> plans;
+  static thread_local std::map<decltype(g.key(part)), std::unique_ptr<Plan>> plans;
   try {
     auto& plan = plans[g.key(part)];
     if (!plan) plan = MakePlan(part, g);
