@@ -60,8 +60,9 @@ def evaluate(models: list[inference.Trained], *, split: str | None = None,
                                         prefetch=config.data.prefetch, rows=rows)
   bar = tqdm.tqdm(total=-(-len(source) // batch_size), desc='evaluating', unit='batch',
                   disable=not progress or jax.process_index() > 0)
-  counts, skipped = evaluation.ensemble_errors([(m.net, m.preprocessing) for m in models], dataset,
-                                      mesh, batch_size, on_batch=bar.update)
+  counts, skipped = evaluation.ensemble_errors(
+      [(m.net, m.preprocessing) for m in models], dataset, mesh, batch_size,
+      on_batch=bar.update, bad_examples=input_pipeline.BadExamples(source, None))
   bar.close()
   result = {'models': [m.source for m in models], 'split': split,
             'preprocessing': [m.preprocessing.summary() for m in models]}

@@ -120,14 +120,18 @@ def _ensemble_counts(model_views, labels, mask):
   return jnp.stack(counts)
 
 
-def ensemble_errors(models, dataset, mesh, global_batch: int, *, on_batch=lambda: None):
+def ensemble_errors(models, dataset, mesh, global_batch: int, *, on_batch=lambda: None,
+                    bad_examples: input_pipeline.BadExamples | None = None):
   """((2, 3) numpy, bad examples skipped): summed top-1 errors, top-5 errors and examples,
   with 1 and 10 views, of
   the softmax averaged over `models` ([(net, preprocessing)]) on `dataset`'s whole canvases.
-  The counts of each batch are read before the next is dispatched (see the module doc)."""
+  The counts of each batch are read before the next is dispatched (see the module doc); each
+  bad example skipped is named by `bad_examples`."""
   view_fns = [probabilities_fn(net, p, 10, average=False) for net, p in models]
   counts, skipped = np.zeros((2, 3)), 0
-  for batch in input_pipeline.global_batches(dataset, mesh, global_batch):
+  for batch in input_pipeline.global_batches(dataset, mesh, global_batch,
+                                             bad_examples=bad_examples,
+                                             when='during evaluation'):
     model_views = tuple(fn(batch['image']) for fn in view_fns)
     counts += jax.device_get(_ensemble_counts(model_views, batch['label'], batch['mask']))
     skipped += int(jax.device_get(jnp.sum(batch['bad'])))
@@ -135,9 +139,11 @@ def ensemble_errors(models, dataset, mesh, global_batch: int, *, on_batch=lambda
   return counts, skipped
 
 
-def evaluate(eval_step, params, dataset, mesh, arrays, global_batch: int) -> dict[str, float]:
+def evaluate(eval_step, params, dataset, mesh, arrays, global_batch: int, *,
+             bad_examples: input_pipeline.BadExamples | None = None) -> dict[str, float]:
   """Mean loss and top-1/top-5 error of `params` over `dataset` (this process's rows of
-  padded, masked global batches), the same on every process.
+  padded, masked global batches), the same on every process; each bad example skipped is
+  named by `bad_examples` (and counted in `skipped` either way).
 
   Every process dispatches the same programs in the same order, one per batch, and waits for
   batch i-1 before dispatching batch i+1 (the module doc says why).
@@ -145,14 +151,9 @@ def evaluate(eval_step, params, dataset, mesh, arrays, global_batch: int) -> dic
   zero = np.zeros((), np.float32)
   totals = {k: jax.device_put(zero, sharding.named(mesh, sharding.REPLICATED)) for k in TOTALS}
   previous = None
-  batches = input_pipeline.global_batches(dataset, mesh, global_batch)
-  while True:
-    try:
-      batch = next(batches)
-    except StopIteration:
-      break
-    except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
-      raise input_pipeline.input_error(e, 'during evaluation') from e
+  for batch in input_pipeline.global_batches(dataset, mesh, global_batch,
+                                             bad_examples=bad_examples,
+                                             when='during evaluation'):
     totals, previous = eval_step(totals, params, batch, arrays), totals
     jax.block_until_ready(previous)
   totals = {k: float(v) for k, v in jax.device_get(totals).items()}

@@ -191,7 +191,8 @@ class EvalBatch:
 
 class EvalExample:
   """Example index -> center crop (or the whole image for 10 views), with a mask that is
-  False on the padding and on bad examples, which `bad` flags to be counted."""
+  False on the padding and on bad examples, which `bad` flags (and `index` names) to be
+  counted and named."""
 
   def __init__(self, source, crop: int | None, examples: int, side: int):
     self.source = datasets.Checked(source, replace=False)
@@ -204,7 +205,8 @@ class EvalExample:
       image = np.zeros((self.side, self.side, 3), np.uint8)
     image = preprocess.center_crop(image, self.crop) if self.crop else image
     return {'image': np.ascontiguousarray(image), 'label': np.int32(label),
-            'mask': np.bool_(valid and not bad), 'bad': np.bool_(valid and bad)}
+            'mask': np.bool_(valid and not bad), 'bad': np.bool_(valid and bad),
+            'index': np.int32(index if valid else 0)}
 
 
 def _in_own_memory(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -327,15 +329,16 @@ def eval_dataset(source, *, global_batch: int, crop: int | None, workers: int = 
 
 
 class BadExamples:
-  """A run's bad training examples: each named once (a warning line, and a line of the run's
-  list, which persists across resumes), counted over every process, and the run stopped past
+  """The bad examples a run meets in `source`: each named once (a warning line, and a line of
+  the run's list at `path`, which persists across resumes; no list if `path` is None). For
+  training also counted over every process (`count`), and the run stopped past
   data.max_bad_fraction of the examples read (and at least datasets.MIN_BAD_TO_STOP)."""
 
-  def __init__(self, source, path: str):
+  def __init__(self, source, path: str | None):
     self.source, self.path = datasets.Checked(source, replace=True), path
     self.total = self.seen = 0
     self.named = set()
-    if os.path.isfile(path):
+    if path and os.path.isfile(path):
       with open(path) as f:
         self.named = set(f.read().splitlines())
 
@@ -348,8 +351,9 @@ class BadExamples:
         if line not in self.named:
           self.named.add(line)
           log.warning('data: skipped a bad example, %s', line)
-          with open(self.path, 'a') as f:
-            f.write(line + '\n')
+          if self.path:
+            with open(self.path, 'a') as f:
+              f.write(line + '\n')
 
   def count(self, bad: float, batch_size: int, max_fraction: float) -> bool:
     """Adds one step's count (every process's rows); whether it had any. InputError (the
@@ -377,9 +381,21 @@ def to_global(batch: dict[str, np.ndarray], mesh,
           for k, v in batch.items()}
 
 
-def global_batches(dataset, mesh,
-                   global_batch: int | None = None) -> Iterator[dict[str, jax.Array]]:
-  for batch in dataset:
+def global_batches(dataset, mesh, global_batch: int | None = None, *,
+                   bad_examples: BadExamples | None = None,
+                   when: str = 'while reading') -> Iterator[dict[str, jax.Array]]:
+  """`dataset`'s batches as global arrays; the bad examples each skipped named by
+  `bad_examples` first. Whatever a worker raises becomes an InputError saying `when`."""
+  batches = iter(dataset)
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except Exception as e:  # pylint: disable=broad-except  # Whatever a worker raised.
+      raise input_error(e, when) from e
+    if bad_examples is not None:
+      bad_examples.name(batch)
     yield to_global(batch, mesh, global_batch)
 
 
@@ -394,6 +410,7 @@ class Data:
   # step) and 10 views read the same stream, served by one set of workers.
   eval: EvalBatches
   train_source: Any  # What the training batches are read from (to name bad examples).
+  eval_source: Any  # Likewise for the evaluation batches.
   stats: datasets.Stats
   preprocessing: preprocess.Preprocessing  # How pixels become inputs; saved with the model.
   train_examples: int
@@ -495,5 +512,5 @@ def create(config, mesh=None, *, inputs_of: preprocess.Preprocessing | None = No
                         normalize_on_host=data.normalize_on_host, rows=rows)
   evaluation = eval_dataset(eval_source, global_batch=config.batch_size, crop=None,
                             workers=data.workers, prefetch=data.prefetch, rows=rows)
-  return Data(train, evaluation, train_source, stats, preprocessing, len(train_source),
-              len(eval_source))
+  return Data(train, evaluation, train_source, eval_source, stats, preprocessing,
+              len(train_source), len(eval_source))

@@ -336,8 +336,10 @@ class Trainer:
                      self.step_count)
     self.progress = writers.Progress(self.total_steps, initial=self.step_count,
                                      enabled=config.progress and self.main_process)
-    self.bad_examples = input_pipeline.BadExamples(data.train_source,
-                                                   os.path.join(workdir, BAD_EXAMPLES_FILE))
+    # Bad training and evaluation examples are named in one list, each line saying where.
+    bad_list = os.path.join(workdir, BAD_EXAMPLES_FILE)
+    self.bad_examples = input_pipeline.BadExamples(data.train_source, bad_list)
+    self.bad_eval_examples = input_pipeline.BadExamples(data.eval_source, bad_list)
     # What evaluate/predict need besides the weights: the config, class names and how images
     # become inputs.
     self.meta = {'num_classes': config.model.num_classes, 'config': config.to_json(),
@@ -427,7 +429,7 @@ class Trainer:
     val = None
     if epochs_done % c.eval.every_epochs == 0 or last:
       val = evaluation.evaluate(self.eval_1view, self.state.params, self.data.eval, self.mesh,
-                                self.arrays, c.batch_size)
+                                self.arrays, c.batch_size, bad_examples=self.bad_eval_examples)
       self.last_eval = (step, val)
       self.writer.write(step, {f'val_{k}': v for k, v in val.items()}
                         | {'epoch': step / self.steps_per_epoch})
@@ -493,13 +495,15 @@ class Trainer:
       one_view = self.last_eval[1]
     else:
       one_view = evaluation.evaluate(self.eval_1view, self.state.params, data.eval, self.mesh,
-                                     self.arrays, c.batch_size)
+                                     self.arrays, c.batch_size,
+                                     bad_examples=self.bad_eval_examples)
     results = {1: one_view}
     if c.eval.ten_views:
       eval_10views = evaluation.make_eval_step(self.graphdef, num_classes=c.model.num_classes,
                                                preprocessing=data.preprocessing, views=10)
       results[10] = evaluation.evaluate(eval_10views, self.state.params, data.eval, self.mesh,
-                                        self.arrays, c.batch_size)
+                                        self.arrays, c.batch_size,
+                                        bad_examples=self.bad_eval_examples)
     data.eval.close()
     for views, result in results.items():
       for k, v in result.items():

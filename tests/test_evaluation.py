@@ -52,14 +52,15 @@ def eval_setup(examples=37, views=1, bad=(), keep=None) -> types.SimpleNamespace
   labels = rng.integers(0, 10, examples).astype(np.int32)
   if keep is not None:
     images, labels = images[keep], labels[keep]
-  dataset = input_pipeline.eval_dataset(WithBadExamples(images, labels, bad), global_batch=8,
-                                        crop=32 if views == 1 else None)
+  source = WithBadExamples(images, labels, bad)
+  dataset = input_pipeline.eval_dataset(source, global_batch=8, crop=32 if views == 1 else None)
   graphdef, params = nnx.split(net, nnx.Param)
   record = preprocess.Preprocessing(size=36, crop=32, mean=(120.0,) * 3, std=(50.0,))
   step = evaluation.make_eval_step(graphdef, num_classes=10, preprocessing=record, views=views)
   arrays = evaluation.replicated(record.arrays(), mesh)
-  return types.SimpleNamespace(net=net, mesh=mesh, images=images, labels=labels,
-                               dataset=dataset, step=step, params=params, arrays=arrays)
+  return types.SimpleNamespace(net=net, mesh=mesh, images=images, labels=labels, source=source,
+                               record=record, dataset=dataset, step=step, params=params,
+                               arrays=arrays)
 
 
 def test_evaluate_averages_over_the_valid_examples_only():
@@ -80,17 +81,37 @@ def test_evaluate_averages_over_the_valid_examples_only():
 
 
 @pytest.mark.parametrize('views', [1, 10])
-def test_bad_examples_are_left_out_and_counted(views):
+def test_bad_examples_are_left_out_counted_and_named(views, tmp_path, caplog):
   """Three unreadable examples: the errors are those of the other 34, and the three are
-  reported as skipped, never silently dropped."""
+  reported as skipped and named (a warning and a line of the list each, once however often
+  they are met), never silently dropped."""
   bad = (0, 17, 36)
   e = eval_setup(views=views, bad=bad)
-  got = evaluation.evaluate(e.step, e.params, e.dataset, e.mesh, e.arrays, 8)
+  named = input_pipeline.BadExamples(e.source, str(tmp_path / 'bad_examples.txt'))
+  for _ in range(2):  # Evaluated twice, as after two epochs: named the first time only.
+    got = evaluation.evaluate(e.step, e.params, e.dataset, e.mesh, e.arrays, 8,
+                              bad_examples=named)
   good = eval_setup(views=views, keep=[i for i in range(37) if i not in bad])
   want = evaluation.evaluate(good.step, good.params, good.dataset, good.mesh, good.arrays, 8)
   assert got.pop('skipped') == 3 and want.pop('skipped') == 0
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+  lines = [f'{e.source.where(i)}: not an image file' for i in bad]
+  assert sorted((tmp_path / 'bad_examples.txt').read_text().splitlines()) == sorted(lines)
+  warned = [r.getMessage() for r in caplog.records if 'skipped a bad example' in r.getMessage()]
+  assert sorted(warned) == sorted(f'data: skipped a bad example, {l}' for l in lines)
+
+
+def test_ensemble_errors_name_and_count_the_bad_examples_too(caplog):
+  """The `evaluate` command's loop (whole canvases, 10 views): the same naming, no list."""
+  e = eval_setup(views=10, bad=(3, 30))
+  named = input_pipeline.BadExamples(e.source, None)
+  counts, skipped = evaluation.ensemble_errors([(e.net, e.record)], e.dataset, e.mesh, 8,
+                                               bad_examples=named)
+  assert skipped == 2 and counts[0, 2] == counts[1, 2] == 35
+  warned = [r.getMessage() for r in caplog.records if 'skipped a bad example' in r.getMessage()]
+  assert sorted(warned) == sorted(f'data: skipped a bad example, {e.source.where(i)}: not an '
+                                  'image file' for i in (3, 30))
 
 
 def test_evaluate_keeps_at_most_two_steps_in_flight():

@@ -239,9 +239,14 @@ def test_damaged_prepared_records_are_skipped_named_counted_and_resume_exactly(
   final = train.train_and_evaluate(photos_config(data), str(tmp_path / 'run'))
   lines = bad_lines(tmp_path / 'run')
   assert lines and len(set(lines)) == len(lines)
-  # Only the damaged record (shard 1, record 1) and the truncated shard's records (3, 0-3).
+  # Only the damaged record (shard 1, record 1), the truncated shard's records (3, 0-3), and
+  # the damaged validation record, named once though every evaluation meets it.
+  train_lines = [l for l in lines if l.startswith('train-')]
   assert all(re.match(r'train-0000(1\.array_record record 1|3\.array_record record [0-3]) '
-                      r'\(train/\w+/\w+\.jpg\): ', l) for l in lines), lines
+                      r'\(train/\w+/\w+\.jpg\): ', l) for l in train_lines), lines
+  assert len(lines) == len(train_lines) + 1
+  assert any(re.match(r'validation-00000\.array_record record 1 \(val/\w+/\w+\.jpg\): ', l)
+             for l in lines), lines
   warned = [r.getMessage() for r in caplog.records if 'skipped a bad example' in r.getMessage()]
   assert sorted(warned) == sorted(f'data: skipped a bad example, {l}' for l in lines)
   counts = [r['data/bad_examples'] for r in helpers.metrics_rows(tmp_path / 'run')
