@@ -355,6 +355,13 @@ class BadExamples:
             with open(self.path, 'a') as f:
               f.write(line + '\n')
 
+  def state(self) -> dict[str, int]:
+    """The counts a checkpoint keeps, so that a resumed run counts on from them."""
+    return {'total': self.total, 'seen': self.seen}
+
+  def restore(self, state: dict[str, int]) -> None:
+    self.total, self.seen = int(state['total']), int(state['seen'])
+
   def count(self, bad: float, batch_size: int, max_fraction: float) -> bool:
     """Adds one step's count (every process's rows); whether it had any. InputError (the
     run stops, exit 1) past the limit."""

@@ -339,6 +339,8 @@ class Trainer:
     # Bad training and evaluation examples are named in one list, each line saying where.
     bad_list = os.path.join(workdir, BAD_EXAMPLES_FILE)
     self.bad_examples = input_pipeline.BadExamples(data.train_source, bad_list)
+    if restored is not None and 'bad_examples' in restored[1]:  # Counted on across a resume.
+      self.bad_examples.restore(restored[1]['bad_examples'])
     self.bad_eval_examples = input_pipeline.BadExamples(data.eval_source, bad_list)
     # What evaluate/predict need besides the weights: the config, class names and how images
     # become inputs.
@@ -452,7 +454,8 @@ class Trainer:
   def save(self, val_error: float | None = None) -> None:
     self.checkpoints.save(self.step_count, self.state,
                           dict(self.meta, data=self.data.train.get_state(),
-                               plateau=self.plateau.state()), val_error=val_error)
+                               plateau=self.plateau.state(),
+                               bad_examples=self.bad_examples.state()), val_error=val_error)
     self.saved_step = self.step_count
 
   def record_pending(self) -> None:

@@ -260,6 +260,10 @@ def test_damaged_prepared_records_are_skipped_named_counted_and_resume_exactly(
   assert helpers.last_checkpoint_meta(stopped)[1]['checksum'] == \
       helpers.last_checkpoint_meta(tmp_path / 'run')[1]['checksum']
   assert set(bad_lines(stopped)) == set(lines)  # Listed once, across the resume too.
+  # Counted on across the resume, to the same total.
+  resumed = [r['data/bad_examples'] for r in helpers.metrics_rows(stopped)
+             if 'data/bad_examples' in r]
+  assert resumed == sorted(resumed) and resumed[-1] == counts[-1], (resumed, counts)
 
 
 def test_bad_files_in_a_folder_are_skipped_until_too_many(tmp_path):
