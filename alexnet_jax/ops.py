@@ -6,10 +6,11 @@ Each function computes what its plain `jax.lax` form does, up to the summation o
 - `conv`: on CPU, float32 convolutions and both their gradients run on oneDNN, through
   `onednn.py` (up to 9x faster than XLA:CPU's own kernels per part, in most parts
   1.2-2.6x), and bfloat16 ones too on CPUs with oneDNN's bfloat16 kernels (AVX-512; on
-  AVX2 alone bfloat16 stays on XLA). Without oneDNN XLA's convolution runs, and for large layers the kernel gradient
-  is one explicit matrix product (`kernel_grad_im2col`): XLA:CPU lowers the backward-filter
-  convolution (a convolution whose "kernel" is the whole 27x27 or 55x55 output gradient) to
-  a path that runs 1.5-2x slower than the same arithmetic as matmuls. Other backends keep
+  AVX2 alone bfloat16 stays on XLA). Without oneDNN XLA's convolution runs, and for large
+  layers the kernel gradient is one explicit matrix product (`kernel_grad_im2col`): XLA:CPU
+  lowers the backward-filter convolution (a convolution whose "kernel" is the whole 27x27 or
+  55x55 output gradient) to a path that runs 1.5-2x slower than the same arithmetic as
+  matmuls. Other backends keep
   XLA's own convolutions and gradients (cuDNN's kernels are fast).
 - `max_pool`: the gradient goes to the first maximum of each window, in window order, as
   XLA's select-and-scatter sends it, but computed from strided slices, comparisons, shifts
