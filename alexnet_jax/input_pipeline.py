@@ -434,9 +434,13 @@ class Data:
 LARGE_IMAGE_SIDE = 128
 
 
+DEFAULT_EVAL_SPLIT = 'validation'  # config.py's data.eval_split.
+
+
 def fit_config(config, mesh) -> ml_collections.ConfigDict:
   """`config` itself, or with data.fit a copy with the class count, the evaluation split
-  and a batch no larger than the training set taken from the data.
+  (the one named, or where that is the default and the data lacks it, the data's first) and
+  a batch no larger than the training set taken from the data.
 
   A full-size recipe (images stored at LARGE_IMAGE_SIDE or more: paper, owt, caffe, ...) keeps
   its own geometry, exactly: every file is resized to its sizes, and a prepared directory must
@@ -452,7 +456,14 @@ def fit_config(config, mesh) -> ml_collections.ConfigDict:
   if len(found.classes) < 2:
     raise datasets.DataError(f'data.path: {c.data.path!r} has one class '
                              f'({found.classes[0]}); a classifier needs two or more')
-  c.data.eval_split = next((s for s in datasets.EVAL_SPLITS if s in found.counts), '')
+  # The split the config names if the data has it; else, for the default split, the first
+  # evaluation split the data has. A split named on purpose and missing is an error.
+  if c.data.eval_split not in found.counts:
+    if c.data.eval_split != DEFAULT_EVAL_SPLIT:
+      raise datasets.DataError(
+          f'data.eval_split: {c.data.path!r} has no split {c.data.eval_split!r}; it has '
+          f'{", ".join(sorted(found.counts))}')
+    c.data.eval_split = next((s for s in datasets.EVAL_SPLITS if s in found.counts), '')
   if not c.data.eval_split:
     raise datasets.DataError(f'data.path: {c.data.path!r} has no evaluation split: add '
                              'validation/, val/ or test/ beside train/')

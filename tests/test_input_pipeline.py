@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from alexnet_jax import config as config_lib
 from alexnet_jax import datasets
 from alexnet_jax import input_pipeline
 from alexnet_jax import preprocess
@@ -234,6 +235,23 @@ def test_fit_takes_classes_sizes_split_and_batch_from_a_folder(tmp_path):
     assert fitted.model.num_classes == 3 and fitted.data.image_size == plain.data.image_size
     assert {k: v for k, v in fitted.model.items() if k != 'num_classes'} == \
         {k: v for k, v in plain.model.items() if k != 'num_classes'}, recipe
+
+
+def test_fit_keeps_the_evaluation_split_the_config_names(tmp_path):
+  """A folder with val/ and test/: the named split is evaluated, the default one where none
+  was named; a named split the folder lacks is one line, not a silent substitute."""
+  root = helpers.make_folder(tmp_path / 'photos')
+  shutil.copytree(root / 'val', root / 'test')
+  mesh = sharding.make_mesh(2)
+  assert config_lib.base_config().data.eval_split == input_pipeline.DEFAULT_EVAL_SPLIT
+  fit = lambda **fields: input_pipeline.fit_config(own_images(root, **fields), mesh)
+  assert fit().data.eval_split == 'validation'
+  assert fit(**{'data.eval_split': 'test'}).data.eval_split == 'test'
+  shutil.rmtree(root / 'val')
+  assert fit().data.eval_split == 'test'  # The default split is missing: the data's own.
+  with pytest.raises(datasets.DataError, match=r"^data.eval_split: '.*' has no split "
+                     r"'validation2'; it has test, train$"):
+    fit(**{'data.eval_split': 'validation2'})
 
 
 @pytest.mark.parametrize('damage,message', [
