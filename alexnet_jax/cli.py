@@ -14,14 +14,17 @@ import difflib
 import logging
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from alexnet_jax import config as config_lib
-from alexnet_jax import inference
 from alexnet_jax import recipes
+
+if TYPE_CHECKING:
+  from alexnet_jax import inference
 
 EXIT_BAD_CONFIG = 2  # As for any other bad command line.
 
@@ -173,4 +176,5 @@ def models_from_flags(more: list[str] = ()) -> list[inference.Trained]:
   if len(single) + bool(ensemble) != 1:
     raise app.UsageError('give exactly one of --workdir, --checkpoint, --weights'
                          + (', --ensemble' if 'ensemble' in f else ''))
+  from alexnet_jax import inference  # pylint: disable=g-import-not-at-top
   return [inference.load(r, config=f.config) for r in (ensemble or single)]

@@ -68,7 +68,7 @@ def probabilities_fn(net, preprocessing, views: int, *, average: bool = True):
   arrays = replicated(preprocessing.arrays(), net.mesh)
   probabilities = view_probabilities if average else per_view_probabilities
 
-  @jax.jit
+  @sharding.jit
   def fn(params, images_u8, arrays):
     return probabilities(nnx.merge(graphdef, params), images_u8, preprocessing, arrays,
                          views=views)
@@ -94,7 +94,7 @@ def make_eval_step(graphdef, *, num_classes: int, preprocessing, views: int):
   its valid examples, with 1 or 10 views: one compiled program per batch. `arrays` are
   `preprocessing.arrays()` on the mesh."""
 
-  @jax.jit
+  @sharding.jit
   def eval_step(totals, params, batch, arrays):
     probs = view_probabilities(nnx.merge(graphdef, params), batch['image'], preprocessing,
                                arrays, views=views)

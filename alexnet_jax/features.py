@@ -50,7 +50,7 @@ def extract(trained: inference.Trained, paths: list[str], *, point: str = 'fc7',
   graphdef, params = nnx.split(trained.net, nnx.Param)
   arrays = evaluation.replicated(record.arrays(), mesh)
 
-  @jax.jit
+  @sharding.jit
   def fn(params, crops_u8, arrays):
     x = preprocess.normalize(crops_u8, record, arrays)
     out = nnx.merge(graphdef, params).features(x, point)

@@ -108,7 +108,7 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int,
                'bad_examples': jnp.sum(batch['bad']) if 'bad' in batch else jnp.zeros(())}
     return new_state, metrics
 
-  return jax.jit(step_fn, donate_argnums=0)
+  return sharding.jit(step_fn, donate_argnums=0)
 
 
 # ---- Transfer learning -----------------------------------------------------------------------

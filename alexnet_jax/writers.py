@@ -143,13 +143,14 @@ class Progress:
 
 def plot(history_path: str, png_path: str) -> None:
   """Loss and top-1 error curves (train and validation) against steps, as a PNG."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # The Figure API without pyplot (no GUI backend, no global state) and a fixed layout:
+  # tight_layout drew the figure twice, and the plot took 1.4 s of every run's end.
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   with open(history_path) as f:
     rows = [json.loads(l) for l in f]
   series = lambda key: [(r['step'], r[key]) for r in rows if r.get(key) is not None]
-  fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+  fig = Figure(figsize=(14, 4))
+  axes = fig.subplots(1, 3)
   for ax, (title, keys) in zip(axes, [
       ('loss', ('train_loss', 'val_loss')),
       ('top-1 error', ('train_top1_error', 'val_top1_error')),
@@ -163,6 +164,5 @@ def plot(history_path: str, png_path: str) -> None:
     if title == 'learning rate':
       ax.set_yscale('log')
     ax.legend()
-  fig.tight_layout()
+  fig.subplots_adjust(left=0.05, right=0.98, bottom=0.13, top=0.92, wspace=0.25)
   fig.savefig(png_path, dpi=80)
-  plt.close(fig)

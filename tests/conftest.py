@@ -3,7 +3,11 @@ fixtures several test files share. Helper functions are in tests/helpers.py."""
 import os
 import tempfile
 
+# LLVM at -O1 for every program, as the project compiles its own steps on a CPU
+# (sharding.compiler_options): the suite is mostly compilation, and -O1 compiles a third
+# faster; tests' own jits and the model's eager calls get it from here.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_backend_optimization_level=1'
                            ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Many tests start `python -m alexnet_jax.main` again and again (resume, kills, several

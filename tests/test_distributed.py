@@ -12,6 +12,7 @@ A run that hangs fails in one line naming where each process was (helpers.wait_a
 both stacks below it; experiments/multihost_soak.py runs the first test many times in a row.
 """
 import json
+import os
 import socket
 import time
 
@@ -48,21 +49,27 @@ def start(workdir, processes: int, epochs: int, tag: str, *extra_flags):
   for p in range(processes):
     reads_paths.append(workdir.parent / f'reads-{tag}-{p}.json')
     extra = [f'--config.distributed.process_id={p}'] if processes > 1 else []
-    env = helpers.python_env(XLA_FLAGS=f'--xla_force_host_platform_device_count={4 // processes}',
+    xla_flags = os.environ['XLA_FLAGS'].replace(  # conftest.py's, with fewer devices.
+        'device_count=4', f'device_count={4 // processes}')
+    env = helpers.python_env(XLA_FLAGS=xla_flags,
                              READS_PATH=str(reads_paths[-1]))
     procs.append(helpers.Process('tests/multihost_worker.py', *flags, *extra, env=env,
                                  log=workdir.parent / f'{tag}-{p}.log'))
   return procs, reads_paths
 
 
-def run(workdir, processes: int, epochs: int, tag: str):
-  """Trains to the end; returns each process's output and the (example, position) pairs it
-  read."""
-  procs, reads_paths = start(workdir, processes, epochs, tag)
-  outputs = helpers.wait_all(procs, TIMEOUT_S, f'{processes}-process run {tag!r}')
-  for proc, out in zip(procs, outputs):
-    assert proc.returncode == 0, out[-3000:]
-  return outputs, [json.loads(path.read_text()) for path in reads_paths]
+def run(*runs):
+  """Trains each (workdir, processes, epochs, tag) to the end, all at once (they share no
+  files, and their imports and compilations then overlap on the two cores); returns, per
+  run, each process's output and the (example, position) pairs it read."""
+  started = [start(*r) for r in runs]
+  results = []
+  for (_, processes, _, tag), (procs, reads_paths) in zip(runs, started):
+    outputs = helpers.wait_all(procs, TIMEOUT_S, f'{processes}-process run {tag!r}')
+    for proc, out in zip(procs, outputs):
+      assert proc.returncode == 0, out[-3000:]
+    results.append((outputs, [json.loads(path.read_text()) for path in reads_paths]))
+  return results
 
 
 def trained_params(workdir):
@@ -84,8 +91,7 @@ def trained_reads(reads, steps):
 @pytest.mark.slow
 def test_two_processes_train_exactly_like_one_and_share_checkpoints(tmp_path):
   one, two = tmp_path / 'one', tmp_path / 'two'
-  _, (reads_one,) = run(one, 1, 1, 'one')
-  logs, reads_two = run(two, 2, 1, 'two')
+  (_, (reads_one,)), (logs, reads_two) = run((one, 1, 1, 'one'), (two, 2, 1, 'two'))
   assert '2 processes' in logs[0] and '2 processes' not in logs[1]  # Only process 0 prints.
   steps_one, meta_one = helpers.last_checkpoint_meta(one)
   steps_two, meta_two = helpers.last_checkpoint_meta(two)
@@ -109,8 +115,7 @@ def test_two_processes_train_exactly_like_one_and_share_checkpoints(tmp_path):
 
   # The 2-process checkpoint resumes in 1 process, the 1-process one in 2, and they stay
   # equal; both end with the final 1- and 10-view evaluations.
-  logs_two, _ = run(two, 1, 2, 'two-then-one')
-  logs_one, _ = run(one, 2, 2, 'one-then-two')
+  (logs_two, _), (logs_one, _) = run((two, 1, 2, 'two-then-one'), (one, 2, 2, 'one-then-two'))
   assert f'resumed from step {STEPS_PER_EPOCH}' in logs_two[0]
   assert all(f'resumed from step {STEPS_PER_EPOCH}' in log for log in logs_one)
   (_, meta_one), (_, meta_two) = (helpers.last_checkpoint_meta(one),
