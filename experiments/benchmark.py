@@ -231,9 +231,12 @@ def measure(models, batches, frameworks, repeats: int, steps: int, dtype: str):
     for name in models:
       for batch in batches:
         for framework in order:
-          print(f'repeat {r + 1}/{repeats}: {framework} {name} batch {batch}', file=sys.stderr,
-                flush=True)
           got = run_worker(framework, name, batch, steps, dtype)
+          # As each worker ends: a run stopped early still leaves what it measured.
+          rates = ', '.join(f'{kind} {batch / statistics.median(got[kind]):.1f} img/s'
+                            for kind in KINDS if got.get(kind))
+          print(f'repeat {r + 1}/{repeats}: {framework} {name} batch {batch}: {rates}',
+                file=sys.stderr, flush=True)
           merged = results.setdefault((name, batch, framework), {'batch': batch})
           for key, value in got.items():
             if isinstance(value, list):

@@ -82,6 +82,16 @@ def test_make_mesh_shapes():
     sharding.make_mesh(2, data=3)
 
 
+def test_cpu_programs_compile_at_llvm_o1_unless_xla_flags_say_otherwise(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+  assert sharding.compiler_options() == {'xla_backend_optimization_level': 1}
+  # This jaxlib takes the option (an unknown one fails to compile) and still computes.
+  double = sharding.jit(lambda x: x * 2)
+  assert double.lower(3.0).compile()(3.0) == 6.0
+  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=3')
+  assert sharding.compiler_options() is None
+
+
 def test_tower_weights_live_only_on_their_towers_devices():
   mesh = sharding.make_mesh(2)
   m = alexnet_jax.create_model(small_config(), mesh=mesh)
