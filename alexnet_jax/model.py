@@ -356,7 +356,7 @@ def _tower_stages(spec, params, images, masks, *, train):
     # Accumulated in float32 whatever the compute dtype: XLA:CPU's bfloat16 x bfloat16 ->
     # bfloat16 product takes a slow path (fc6: 46 ms against 27 ms accumulating in float32,
     # and 14 ms all in float32; experiments/BENCHMARKS.md), and a long sum loses bits in bf16.
-    out = jnp.einsum('tbi,tio->tbo', flat, kernel, preferred_element_type=jnp.float32)
+    out = ops.dense(flat, kernel)
     return list(out.astype(kernel.dtype) + bias[:, None, :])
 
   def pool(hs):
@@ -522,25 +522,32 @@ class AlexNet(nnx.Module):
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _apply(spec: ModelSpec, mesh: Mesh, stop_at: str, params, images_NHWC, dropout_key):
   """The shard_mapped forward pass; jitted so that eager calls compile once."""
+  # shard_map takes every array without the mesh axes of size 1 (sharding.manual_spec): on
+  # one device the forward pass and its gradient then hold no collective at all.
+  manual = lambda partition: sharding.manual_spec(partition, mesh)
+  place = lambda a, partition: jax.sharding.reshard(a, sharding.named(mesh, manual(partition)))
   masks = {}
   if dropout_key is not None:
     # Drawn in the global view: a key gives the same masks on every mesh.
-    out = sharding.named(mesh, sharding.BATCH_BY_TOWER)
+    out = sharding.named(mesh, manual(sharding.BATCH_BY_TOWER))
     keep = 1.0 - spec.dropout_rate
     batch = images_NHWC.shape[0]
     masks = {site: jax.random.bernoulli(jax.random.fold_in(dropout_key, i), keep,
                                         (batch, spec.towers, *shape), out_sharding=out)
              for i, (site, shape) in enumerate(sorted(spec.dropout_sites().items()))}
-  param_specs = {l: (sharding.tower_param_spec(spec.stacks(l), mesh),) * 2
-                 for l in spec.layers}
+  param_specs = {l: sharding.tower_param_spec(spec.stacks(l), mesh) for l in spec.layers}
   # Split fc8 leaves each tower's classes on its devices; everything else is whole per tower.
   split_logits = stop_at == 'logits' and spec.stacks('fc8') > 1
+  out_spec = sharding.BATCH_BY_TOWER if split_logits else sharding.BATCH
   fn = jax.shard_map(
       functools.partial(forward_towers, spec, train=dropout_key is not None, stop_at=stop_at),
       mesh=mesh,
-      in_specs=(param_specs, sharding.BATCH, {k: sharding.BATCH_BY_TOWER for k in masks}),
-      out_specs=sharding.BATCH_BY_TOWER if split_logits else sharding.BATCH)
-  return fn(params, sharding.shard_batch(images_NHWC, mesh), masks)
+      in_specs=({l: (manual(p),) * 2 for l, p in param_specs.items()}, manual(sharding.BATCH),
+                {k: manual(sharding.BATCH_BY_TOWER) for k in masks}),
+      out_specs=manual(out_spec))
+  out = fn({l: tuple(place(a, param_specs[l]) for a in arrays) for l, arrays in params.items()},
+           place(images_NHWC, sharding.BATCH), masks)
+  return jax.sharding.reshard(out, sharding.named(mesh, out_spec))
 
 
 def create_model(model_config: Any = None, *, mesh: Mesh | None = None, seed: int = 0) -> AlexNet:

@@ -1,4 +1,5 @@
-"""ops.py's convolution and pooling equal XLA's own, and are the ones taken.
+"""ops.py's convolution, fully connected product and pooling equal XLA's own, and are the
+ones taken.
 
 On CPU, float32 convolutions run on oneDNN (onednn.py), bfloat16 ones too where the CPU has
 oneDNN's bfloat16 kernels (AVX-512); without oneDNN they take XLA's convolution with the
@@ -217,6 +218,28 @@ def test_conv_kernel_gradient_in_bfloat16_keeps_the_kernels_dtype(monkeypatch):
   assert grad.dtype == jnp.bfloat16
   # The center tap sees every one of the 2x6x6 positions; a corner tap 2x5x5 of them.
   assert float(grad[1, 1, 0, 0]) == 72 and float(grad[0, 0, 0, 0]) == 50
+
+
+@pytest.mark.parametrize('batch', [8, ops.EIGEN_DENSE_MAX_ROWS + 1])
+def test_dense_and_its_gradients_equal_the_plain_product(batch):
+  """ops.dense, and its two gradients, compute the einsum's values. Up to
+  EIGEN_DENSE_MAX_ROWS rows its float32 forward product on CPU is kept away from YNNPACK
+  (which the plain product takes), above it it is the plain product."""
+  rng = np.random.default_rng(batch)
+  x = jnp.asarray(rng.normal(size=(2, batch, 64)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(2, 64, 32)), jnp.float32)
+  plain = lambda x, kernel: jnp.einsum('tbi,tio->tbo', x, kernel)
+  loss = lambda dense: lambda x, kernel: jnp.sum(jnp.sin(dense(x, kernel)))
+  ours = jax.jit(jax.value_and_grad(loss(ops.dense), (0, 1)))(x, kernel)
+  want = jax.jit(jax.value_and_grad(loss(plain), (0, 1)))(x, kernel)
+  for got, expected in zip(jax.tree.leaves(ours), jax.tree.leaves(want)):
+    assert_close(got, expected)
+  ynn = lambda f: '__ynn_fusion' in jax.jit(f).lower(x, kernel).compile().as_text()
+  assert ynn(plain)
+  assert ynn(ops.dense) == (batch > ops.EIGEN_DENSE_MAX_ROWS)
+  half = ops.dense(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+  assert half.dtype == jnp.float32  # bfloat16 inputs accumulate in float32.
+  assert float(jnp.max(jnp.abs(half - plain(x, kernel)))) < 0.02 * float(jnp.std(half))
 
 
 @pytest.mark.parametrize('window,stride', [(3, 2), (2, 2), (3, 1), (2, 3)])

@@ -182,9 +182,11 @@ def test_transfer_trains_a_new_head_on_photos_and_freezes_the_rest(trained_run, 
   assert record.std == source.std and record.crop == source.crop
   losses = [r['train_loss'] for r in helpers.metrics_rows(tmp_path / 'transfer') if 'train_loss' in r]
   # It learns, from digit features, to tell cats, coffee and rockets apart: the loss falls
-  # (measured: 1.10 -> about 0.85 over 50 steps) and the held-out photos are classified
-  # better than chance (measured: all 6 right).
-  assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:5])
+  # from chance (the new head's first loss, about ln 3 = 1.10) and the held-out photos are
+  # classified better than chance (measured: all 6 right). A step's loss on a few photos
+  # swings (0.02-1.65 in one run), so the mean of the last 40 steps is what falls (measured:
+  # 0.33-0.61 from two source nets that differ by summation order alone).
+  assert np.mean(losses[10:]) < 0.75 * losses[0]
   assert final['1view_top1_error'] <= 1 / 3
 
 
