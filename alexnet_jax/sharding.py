@@ -101,7 +101,7 @@ def named(mesh: Mesh, spec: P) -> NamedSharding:
 
 
 def manual_spec(spec: P, mesh: Mesh) -> P:
-  """`spec` for shard_map's in_specs, without the mesh axes of size 1.
+  """`spec` as shard_map takes and returns arrays: without the mesh axes of size 1.
 
   Such an axis splits nothing, but an input typed as varying along it makes autodiff sum
   every replicated parameter's gradient over it: on one device, an all-reduce that copies

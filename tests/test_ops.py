@@ -222,9 +222,9 @@ def test_conv_kernel_gradient_in_bfloat16_keeps_the_kernels_dtype(monkeypatch):
 
 @pytest.mark.parametrize('batch', [8, ops.EIGEN_DENSE_MAX_ROWS + 1])
 def test_dense_and_its_gradients_equal_the_plain_product(batch):
-  """ops.dense, and its two gradients, compute the einsum's values. Up to
-  EIGEN_DENSE_MAX_ROWS rows its float32 forward product on CPU is kept away from YNNPACK
-  (which the plain product takes), above it it is the plain product."""
+  """ops.dense and its two gradients compute the einsum's values. On CPU its float32 forward
+  product is kept away from YNNPACK (which takes the plain product) up to
+  EIGEN_DENSE_MAX_ROWS rows, and is the plain product above."""
   rng = np.random.default_rng(batch)
   x = jnp.asarray(rng.normal(size=(2, batch, 64)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(2, 64, 32)), jnp.float32)
