@@ -234,9 +234,9 @@ def test_dense_and_its_gradients_equal_the_plain_product(batch):
   want = jax.jit(jax.value_and_grad(loss(plain), (0, 1)))(x, kernel)
   for got, expected in zip(jax.tree.leaves(ours), jax.tree.leaves(want)):
     assert_close(got, expected)
+  # Where XLA:CPU gives float32 products to YNNPACK at all (every x86 CPU these tests ran on).
   ynn = lambda f: '__ynn_fusion' in jax.jit(f).lower(x, kernel).compile().as_text()
-  assert ynn(plain)
-  assert ynn(ops.dense) == (batch > ops.EIGEN_DENSE_MAX_ROWS)
+  assert ynn(ops.dense) == (ynn(plain) and batch > ops.EIGEN_DENSE_MAX_ROWS)
   half = ops.dense(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
   assert half.dtype == jnp.float32  # bfloat16 inputs accumulate in float32.
   assert float(jnp.max(jnp.abs(half - plain(x, kernel)))) < 0.02 * float(jnp.std(half))
