@@ -129,19 +129,23 @@ def test_forward_has_exactly_the_papers_four_cross_tower_links(paper_on_2x2, com
                            for layer in ('conv3', 'fc6', 'fc7', 'fc8')], ops
 
 
+def logit_gradients(graphdef):
+  """(state, images) -> the parameters' gradients of a loss whose cotangent is the logits
+  themselves: it lives where they live, so the only collectives left are the model's own."""
+  def grads(s, x):
+    logits = lambda s: nnx.merge(graphdef, s)(x, train=True, dropout_key=jax.random.key(0))
+    return jax.grad(lambda s: 0.5 * jnp.sum(logits(s) ** 2))(s)
+  return grads
+
+
 def test_gradient_has_only_their_transposes_and_data_reductions(paper_on_2x2,
                                                                 compiled_afresh):
   m, mesh = paper_on_2x2
   graphdef, state = nnx.split(m)
   images = jax.ShapeDtypeStruct((4, 224, 224, 3), jnp.float32)
 
-  def grads(s, x):
-    # A loss whose cotangent is the logits themselves: it lives where they live, so the
-    # only collectives left are the model's own.
-    logits = lambda s: nnx.merge(graphdef, s)(x, train=True, dropout_key=jax.random.key(0))
-    return jax.grad(lambda s: 0.5 * jnp.sum(logits(s) ** 2))(s)
-
-  ops = collectives(jax.jit(grads).lower(state, images).compile().as_text(), mesh)
+  ops = collectives(jax.jit(logit_gradients(graphdef)).lower(state, images).compile().as_text(),
+                    mesh)
   links = [(layer, 'tower') for layer in ('conv3', 'fc6', 'fc7', 'fc8')]
   # The forward gathers again, their transposes (reduce-scatters), and the data-parallel sum
   # of the parameter gradients (all-reduces over data, fused as XLA sees fit): nothing else.
@@ -176,12 +180,8 @@ def test_one_device_runs_the_gradient_without_collectives(variant, compiled_afre
   m = alexnet_jax.create_model(small_config(variant), mesh=mesh)
   graphdef, state = nnx.split(m)
   images = jax.ShapeDtypeStruct((4, m.spec.image_size, m.spec.image_size, 3), jnp.float32)
-
-  def grads(s, x):
-    logits = lambda s: nnx.merge(graphdef, s)(x, train=True, dropout_key=jax.random.key(0))
-    return jax.grad(lambda s: 0.5 * jnp.sum(logits(s) ** 2))(s)
-
-  assert collectives(jax.jit(grads).lower(state, images).compile().as_text(), mesh) == []
+  grads = jax.jit(logit_gradients(graphdef))
+  assert collectives(grads.lower(state, images).compile().as_text(), mesh) == []
 
 
 def relative_error(a, b):
