@@ -1,17 +1,19 @@
 """What the command lines share: the `--config` flag, a bad config as one line, and the
 flags that name a trained model (evaluate, predict, features).
 
-Every command (main, evaluate, predict, features, the sweep and the figure scripts) reads its
-config through `define_config_flag`, overrides it as `--config.section.field=value`, and
-parses its flags with `parse_flags` (as `app.run(main, flags_parser=cli.parse_flags)`): an
-unknown field or flag (with the closest valid name), a value of the wrong type, an unknown
-recipe, or an attempt to set the recipe as a field is one line on stderr, `error: ...`, and
-exit status 2, before anything is built or trained.
+Every command (main, evaluate, predict, features, prepare, the sweep and the figure scripts)
+reads its config through `define_config_flag`, overrides it as `--config.section.field=value`,
+and runs as `cli.run(main)`: a config file that does not exist, an unknown field or flag (with
+the closest valid name), a value of the wrong type, an unknown recipe, an attempt to set the
+recipe as a field, or a missing or unexpected argument is one line on stderr, `error: ...`,
+and exit status 2, before anything is built or trained. `-h` and `--help` print the help and
+exit 0; Ctrl-C outside a training loop (which saves first) stops in one line.
 """
 from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 import sys
 from typing import TYPE_CHECKING
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
   from alexnet_jax import inference
 
 EXIT_BAD_CONFIG = 2  # As for any other bad command line.
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C.
+HELP_ARGS = ('-h', '--help', '-help', '--helpshort', '--helpfull', '-?')
 
 
 def define_config_flag(default: str | None, help_text: str) -> None:
@@ -54,18 +58,45 @@ class _AboveTheBar(logging.Handler):
       self.handleError(record)
 
 
-def setup_logging() -> None:
-  """Libraries' INFO lines (orbax, absl, grain, jax) hidden unless -v/--verbosity asks for
-  them; the project's own events (`alexnet_jax.*` loggers) as short lines on stderr. Call
-  after the flags are parsed (absl's app.run sets INFO)."""
+def quiet_libraries() -> None:
+  """No library's log line (orbax, absl, grain, jax: INFO, WARNING or ERROR, all of which
+  they use for their own bookkeeping) reaches the terminal, unless -v/--verbosity was given.
+  What goes wrong for the user reaches them as the project's own one-line error."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS['verbosity'].present:
-    absl_logging.set_verbosity(absl_logging.WARNING)
+  if 'verbosity' in flags.FLAGS and flags.FLAGS['verbosity'].present:
+    return
+  absl_logging.set_verbosity(absl_logging.FATAL)
+  logging.getLogger().setLevel(logging.CRITICAL)  # Libraries logging without absl (jax).
+
+
+def setup_logging() -> None:
+  """Libraries quiet (`quiet_libraries`); the project's own events (`alexnet_jax.*` loggers)
+  as short lines on stderr. Call after the flags are parsed (absl's app.run sets INFO)."""
+  quiet_libraries()
   project = logging.getLogger('alexnet_jax')
   if not any(isinstance(h, _AboveTheBar) for h in project.handlers):
     project.addHandler(_AboveTheBar())
   project.setLevel(logging.INFO)
   project.propagate = False
+
+
+def run(main) -> None:
+  """absl's `app.run(main)` with this module's flag parsing and logging; a usage mistake
+  raised by `main` (app.UsageError: a missing or unexpected argument) is one line and exit
+  2 instead of the whole help, and Ctrl-C one line instead of a traceback."""
+
+  def checked(argv):
+    setup_logging()
+    try:
+      return main(argv)
+    except app.UsageError as e:
+      fail(str(e))
+    except KeyboardInterrupt:
+      sys.stdout.flush()
+      sys.stderr.write('\nstopped: interrupted (Ctrl-C)\n')
+      raise SystemExit(EXIT_INTERRUPTED) from None
+
+  app.run(checked, flags_parser=parse_flags)
 
 
 def fail(message: str) -> None:
@@ -124,12 +155,28 @@ def _config_argument(argv: list[str]) -> str:
   return ''
 
 
+def _check_config_file(argument: str) -> None:
+  """A --config file that does not exist fails in one line, naming the closest file beside
+  where it was looked for (ml_collections would defer the error to a traceback)."""
+  path = argument.split(':', 1)[0]
+  if not path or os.path.isfile(path):
+    return
+  folder = os.path.dirname(path) or '.'
+  names = [n for n in os.listdir(folder) if n.endswith('.py')] if os.path.isdir(folder) else []
+  close = difflib.get_close_matches(os.path.basename(path), names, n=1, cutoff=0.6)
+  hint = f" (did you mean '{os.path.join(os.path.dirname(path), close[0])}'?)" if close else ''
+  fail(f'--config: no such file {path!r}{hint}')
+
+
 def check_command_line(argv: list[str]) -> None:
-  """`--config=FILE:list` prints the recipes and exits; setting the recipe as a field, or a
-  field the schema does not have, fails in one line."""
+  """`--config=FILE:list` prints the recipes and exits; a config file that does not exist,
+  setting the recipe as a field, or a field the schema does not have fails in one line."""
+  if any(arg in HELP_ARGS for arg in argv[1:]):
+    return  # parse_flags prints the help.
   if _config_argument(argv).endswith(':list'):
     print(recipes.table())
     raise SystemExit(0)
+  _check_config_file(_config_argument(argv))
   field = _recipe_override(argv)
   if field:
     fail(f'{field}: the recipe is chosen by name, as the config file\'s argument: '
@@ -142,11 +189,18 @@ def check_command_line(argv: list[str]) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with each of the errors above as one line and exit 2."""
+  """absl's parsing, with each of the errors above as one line and exit 2; `-h` or `--help`
+  prints the help and exits 0."""
+  if any(arg in HELP_ARGS for arg in argv[1:]):
+    app.usage(shorthelp=True, writeto_stdout=True)
+    raise SystemExit(0)
   check_command_line(argv)
   try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    remaining = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS:
+      getattr(flags.FLAGS, 'config')  # A config file that failed to load raises only here.
+    return remaining
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     fail(explain(e))
 
 

@@ -19,7 +19,7 @@ LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 def model_fields() -> ml_collections.ConfigDict:
   """The `model` section: the paper's net (s1)."""
   c = ml_collections.ConfigDict()
-  c.num_classes = 1000  # ILSVRC-2012's classes: fc8's width.
+  c.num_classes = 1000  # ILSVRC-2012's classes: fc8's width (0 with data.fit: the data's).
   c.image_size = 224  # Side of the crops the net reads (s1, s2.1: 227 without padding).
   c.towers = 2  # Two towers, one per GPU in the paper (s1); 1: a single-tower net.
   c.conv_filters = (96, 256, 384, 384, 256)  # conv1..conv5 filters, all towers together (s1).

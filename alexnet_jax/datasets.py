@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import os
 
@@ -32,11 +33,18 @@ FOLDER_STATS_SAMPLE = 256
 DIGITS_TEST_FRACTION = 0.2  # A fixed 80/20 split of scikit-learn's 1797 digits.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm')
 FOLDER_SPLITS = ('train', 'validation', 'val', 'test')
-# A run stops on bad examples only past data.max_bad_fraction of those seen AND this many: one
-# damaged file early in a small dataset is skipped, not fatal.
+# A run stops on bad examples only past data.max_bad_fraction of the split AND this many (or
+# half of a split smaller than 20): a damaged file or two in a small folder are skipped.
 MIN_BAD_TO_STOP = 10
 # More bad examples than this in a row is not bad luck but bad data: one line, not a search.
 MAX_BAD_IN_A_ROW = 64
+
+# The one rule for image sizes (data.fit and prepare's default --size): images whose shorter
+# side is at least LARGE_IMAGE_SIDE are stored at the paper's PAPER_SIDE (s4); smaller ones
+# keep their own side, which a small net reads without resampling.
+LARGE_IMAGE_SIDE = 128
+PAPER_SIDE = 256
+IMAGE_SIDE_SAMPLE = 16  # Files whose headers give a folder's typical image side.
 
 # ImageNet's RGB statistics: defined with the preprocessing record that uses them.
 IMAGENET_EIGVAL = preprocess.IMAGENET_EIGVAL
@@ -47,6 +55,18 @@ IMAGENET_STD_RGB = preprocess.IMAGENET_STD_RGB
 
 class DataError(ValueError):
   """A data configuration or directory that cannot work (one line)."""
+
+
+def stored_side(image_side: int) -> int:
+  """The side images whose shorter side is `image_side` are stored at (the rule above)."""
+  return PAPER_SIDE if image_side >= LARGE_IMAGE_SIDE else image_side
+
+
+def bad_example_limit(examples: int, max_fraction: float) -> float:
+  """How many distinct bad examples a split of `examples` may hold before a run stops:
+  data.max_bad_fraction of it, but never fewer than MIN_BAD_TO_STOP - 1 (or, in a split of
+  under 20, half of it)."""
+  return max(max_fraction * examples, min(MIN_BAD_TO_STOP - 1, examples // 2))
 
 
 class BadExample(Exception):
@@ -194,16 +214,19 @@ def _digits_stats(image_size: int) -> Stats:
 class PreparedSource:
   """Examples written by `alexnet_jax.prepare` (records.py), read by index through grain's
   ArrayRecordDataSource (picklable for grain workers). A record that fails its checksum or
-  does not decode raises BadExample naming its shard, record and original file."""
+  does not decode raises BadExample naming its shard, record and original file. `size`:
+  the side to read the stored squares at, resized if it is not theirs (a config fitted to
+  the data reads a prepared directory as it reads the folder it came from)."""
 
-  def __init__(self, directory: str, split: str):
+  def __init__(self, directory: str, split: str, size: int | None = None):
     self.directory, self.split = directory, split
     meta = read_metadata(directory)
     if split not in meta['splits']:
       raise DataError(f'data.path: {directory!r} has no split {split!r} '
-                      f'(it has {sorted(meta["splits"])})')
+                      f'(it has {", ".join(sorted(meta["splits"]))})')
     info = meta['splits'][split]
     self.format, self.size = meta['format'], meta['image_size']
+    self.read_size = size or self.size
     self.starts = np.concatenate([[0], np.cumsum(info['shard_counts'])]).tolist()
     self.shards = [records.Shard(records.shard_path(directory, split, i))
                    for i in range(len(info['shard_counts']))]
@@ -238,13 +261,16 @@ class PreparedSource:
         image = np.frombuffer(example.image, np.uint8)
         if image.size != self.size * self.size * 3:
           raise images.BadImage(f'{image.size} bytes, not a {self.size}x{self.size} image')
-        return image.reshape(self.size, self.size, 3), example.label
-      image = images.decode_prepared_jpeg(example.image)
-      if image.shape != (self.size, self.size, 3):
-        raise images.BadImage(f'decodes to {image.shape}, not ({self.size}, {self.size}, 3)')
-      return image, example.label
+        image = image.reshape(self.size, self.size, 3)
+      else:
+        image = images.decode_prepared_jpeg(example.image)
+        if image.shape != (self.size, self.size, 3):
+          raise images.BadImage(f'decodes to {image.shape}, not ({self.size}, {self.size}, 3)')
     except images.BadImage as e:
       raise BadExample(self.where(i), str(e)) from None
+    if self.read_size != self.size:
+      image = images.array_resized(image, self.read_size)
+    return image, example.label
 
 
 @functools.lru_cache(maxsize=64)
@@ -274,6 +300,12 @@ class FolderSource:
 
   def where(self, i: int) -> str:
     return self.items[i].path
+
+  def fingerprint(self) -> str:
+    """Identifies the files (names and labels, not contents), for a resumed run to notice
+    that examples were added, removed or renamed."""
+    names = '\n'.join(f'{item.name}\t{item.label}' for item in self.items)
+    return hashlib.sha256(names.encode()).hexdigest()[:16]
 
   def __getitem__(self, i: int):
     """(canvas, label), or BadExample: a file that is unreadable, empty, not an image,
@@ -375,7 +407,7 @@ def list_folder(root: str) -> tuple[list[str], dict[str, list[Item]]]:
         raise DataError(f'data.path: class folder {folder!r} holds no images')
       items += [Item(os.path.join(split, c, f), classes.index(c), os.path.join(folder, f))
                 for f in files]
-    out['validation' if split == 'val' else split] = items
+    out[split_named(split)] = items
   return classes, out
 
 
@@ -392,8 +424,23 @@ class Survey:
   """What an image folder or a prepared directory holds, before any config is fitted to it."""
   classes: tuple[str, ...]
   counts: dict[str, int]  # Examples per split ('train', 'validation', 'test').
-  image_side: int  # Shorter side of its images (stored side of a prepared directory).
+  # Typical shorter side of its images: of the files themselves, also for a prepared
+  # directory (recorded by prepare; its stored side for directories that predate that).
+  image_side: int
   prepared: bool
+
+
+def image_side(items: list[Item]) -> int | None:
+  """The median shorter side of up to IMAGE_SIDE_SAMPLE files spread evenly over `items`,
+  read from their headers (nothing decoded); None if none of them opens."""
+  sides = []
+  for item in items[::max(1, len(items) // IMAGE_SIDE_SAMPLE)][:IMAGE_SIDE_SAMPLE]:
+    try:
+      with Image.open(item.path) as im:
+        sides.append(min(im.size))
+    except OSError:
+      continue
+  return int(np.median(sides)) if sides else None
 
 
 def survey(data) -> Survey:
@@ -409,20 +456,75 @@ def survey(data) -> Survey:
   if source == 'prepared':
     meta = read_metadata(path)
     counts = {s: v['count'] for s, v in meta['splits'].items()}
-    return Survey(tuple(meta['classes']), counts, meta['image_size'], True)
+    return Survey(tuple(meta['classes']), counts,
+                  meta.get('source_image_side', meta['image_size']), True)
   classes, splits = list_folder(path)
-  items = splits['train']
-  sides = []
-  for item in items[::max(1, len(items) // 16)][:16]:  # The headers of a few: no decoding.
-    try:
-      with Image.open(item.path) as im:
-        sides.append(min(im.size))
-    except OSError:
-      continue
-  if not sides:
+  side = image_side(splits['train'])
+  if side is None:
     raise DataError(f'data.path: none of the images sampled in {path!r}/train can be read')
-  return Survey(tuple(classes), {s: len(v) for s, v in splits.items()},
-                int(np.median(sides)), False)
+  return Survey(tuple(classes), {s: len(v) for s, v in splits.items()}, side, False)
+
+
+def split_named(name: str) -> str:
+  """A split as the data calls it: an image folder's `val/` is its 'validation'."""
+  return 'validation' if name == 'val' else name
+
+
+def eval_split(requested: str, available, *, default: str | None, where: str,
+               field: str = 'data.eval_split') -> str:
+  """The split to evaluate: `requested` if the data has it; the `default` (None: none was
+  chosen), when the data lacks it, falls back to the first of EVAL_SPLITS the data has; a
+  split named on purpose and missing is a one-line error naming those there are."""
+  requested = split_named(requested)
+  if available is None or requested in available:
+    return requested
+  if requested == default:
+    for split in EVAL_SPLITS:
+      if split in available:
+        return split
+    raise DataError(f'data.path: {where} has no evaluation split: add validation/, val/ or '
+                    'test/ beside train/')
+  raise DataError(f'{field}: {where} has no split {requested!r}; it has '
+                  f'{", ".join(sorted(available))}')
+
+
+class Relabeled:
+  """A source whose labels are mapped through `labels` (its classes matched to a model's)."""
+
+  def __init__(self, source, labels: list[int]):
+    self.source, self.labels = source, labels
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int):
+    image, label = self.source[i]
+    return image, self.labels[label]
+
+  def where(self, i: int) -> str:
+    return self.source.where(i)
+
+
+def available_splits(data) -> tuple[str, ...] | None:
+  """The splits the data of a config's `data` section has ('validation' for a folder's val/);
+  None for tfds (a split there is found when it is opened)."""
+  path = os.path.expanduser(data.path) if data.path else ''
+  source = resolved_source(data) if path else data.source
+  if source == 'digits':
+    return ('train', 'test')
+  if source == 'tfds':
+    return None
+  if not path or not os.path.isdir(path):
+    raise DataError(f'data.path: no such directory {path!r}' if path else
+                    f'data.path: the {source!r} source needs a path')
+  if source == 'prepared':
+    return tuple(read_metadata(path)['splits'])
+  return tuple(list_folder(path)[1])
+
+
+def fingerprint(source) -> str:
+  """A source's `fingerprint()` if it has one (an image folder), else ''."""
+  return source.fingerprint() if hasattr(source, 'fingerprint') else ''
 
 
 def open_source(data, split: str):
@@ -452,14 +554,19 @@ def open_source(data, split: str):
     raise DataError(f'data.path: no such directory {path!r}')
   if source == 'prepared':
     meta = read_metadata(path)
-    if meta['image_size'] != data.image_size:
+    stored = meta['image_size']
+    if stored != data.image_size and not data.fit:
       raise DataError(f'data.image_size: {data.image_size} but {path!r} stores '
-                      f'{meta["image_size"]}x{meta["image_size"]} images')
+                      f'{stored}x{stored} images')
     mean_file = os.path.join(path, records.MEAN_IMAGE)
     mean_image = np.load(mean_file) if os.path.isfile(mean_file) else None
+    if mean_image is not None and stored != data.image_size:  # Resized as the images are.
+      mean_image = np.stack([np.asarray(Image.fromarray(channel, 'F').resize(
+          (data.image_size,) * 2, Image.BILINEAR)) for channel in
+                             np.moveaxis(mean_image.astype(np.float32), -1, 0)], axis=-1)
     stats = (Stats.from_metadata(meta['classes'], meta, mean_image) if 'eigval' in meta
              else Stats(classes=tuple(meta['classes'])))
-    return PreparedSource(path, split), stats
+    return PreparedSource(path, split, data.image_size), stats
   canvas = preprocess.canvas_of(data)
   folder = FolderSource(path, split, canvas, data.max_image_pixels)
   if split == data.train_split:

@@ -118,7 +118,6 @@ def define_flags():
 
 
 def main(argv):
-  cli.setup_logging()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
@@ -128,7 +127,9 @@ def main(argv):
     (trained,) = cli.models_from_flags()
     features, paths = extract(trained, image_files(f.folder), point=f.point,
                               batch_size=f.batch_size)
-  except (ValueError, inference.checkpoint_lib.CheckpointError) as e:
+  except ValueError as e:
+    cli.fail(str(e))
+  except inference.checkpoint_lib.CheckpointError as e:
     raise SystemExit(f'error: {e}') from None
   labels = [os.path.basename(os.path.dirname(p)) for p in paths]
   np.savez(f.output, features=features, paths=np.asarray(paths), labels=np.asarray(labels))
@@ -142,4 +143,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

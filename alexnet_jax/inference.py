@@ -54,12 +54,15 @@ class Trained:
     return evaluation.probabilities_fn(self.net, self.preprocessing, views, average=average)
 
 
+def imagenet_classes(classes) -> bool:
+  """Whether `classes` are ILSVRC-2012's 1000 WordNet ids."""
+  return len(classes) == 1000 and all(re.fullmatch(r'n\d{8}', c) for c in classes)
+
+
 def class_names(classes: tuple[str, ...]) -> tuple[str, ...]:
   """Human-readable names: ImageNet's for its 1000 WordNet ids, else the classes as they are
   (an image folder's folder names)."""
-  if len(classes) == 1000 and all(re.fullmatch(r'n\d{8}', c) for c in classes):
-    return imagenet_names()
-  return tuple(classes)
+  return imagenet_names() if imagenet_classes(classes) else tuple(classes)
 
 
 @functools.cache
@@ -168,6 +171,13 @@ def _read_newest(reference: str, read):
     ckpts.close()
 
 
+def run_config(reference: str) -> ml_collections.ConfigDict:
+  """The config of the run that wrote the checkpoint `reference` names (a work directory's
+  newest that reads), in today's schema."""
+  _, _, meta = _read_newest(reference, lambda ckpts, s: ckpts.read_meta(s))
+  return config_lib.from_saved(meta['config'])
+
+
 def preprocessing_of(reference: str, *, config=None) -> preprocess.Preprocessing:
   """The record of the model `reference` names (as `load` takes it), without its weights."""
   if reference.endswith(WEIGHTS_SUFFIXES):
@@ -177,11 +187,17 @@ def preprocessing_of(reference: str, *, config=None) -> preprocess.Preprocessing
                             f'{directory}/{s}')
 
 
+# What a config given with a checkpoint says about the data: where it is, not how to read it
+# (the image size and preprocessing stay the model's).
+DATA_LOCATION_FIELDS = ('source', 'path', 'tfds_name', 'train_split', 'eval_split', 'workers',
+                        'prefetch', 'max_image_pixels')
+
+
 def load(reference: str, *, config: ml_collections.ConfigDict | None = None, mesh=None,
          seed: int = 0) -> Trained:
   """The model `reference` names (see the module doc). `config` is needed for weights files;
-  for checkpoints it overrides nothing but is used for `data` when given (other data to
-  evaluate on; the model's preprocessing stays its own)."""
+  for checkpoints it overrides nothing but says where the data is when given (other data to
+  evaluate on, read at the model's image size and preprocessing)."""
   if reference.endswith(WEIGHTS_SUFFIXES):
     record = _weights_record(reference, config)
     mesh = mesh or sharding.make_mesh(config.model.towers)
@@ -201,8 +217,10 @@ def load(reference: str, *, config: ml_collections.ConfigDict | None = None, mes
   nnx.update(net, state.params)
   source = f'{directory}/{s}'
   record = _checkpoint_record(meta, run_config, directory, source)
-  if config is not None:  # Evaluate on other data than the run's own.
-    run_config.data = config.data
+  if config is not None:  # Other data than the run's own, read as the run read its own.
+    for field in DATA_LOCATION_FIELDS:
+      run_config.data[field] = config.data[field]
+    run_config.data.fit = True  # A prepared directory stored at another size is resized.
   classes = tuple(meta['classes']) if 'classes' in meta else _data_classes(run_config)
   return Trained(net, run_config, classes, record, source)
 

@@ -21,16 +21,15 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
 from typing import Any, Iterator
 
 import grain
 from absl import flags
 import jax
-import ml_collections
 import numpy as np
 
 from alexnet_jax import datasets
-from alexnet_jax import model as model_lib
 from alexnet_jax import preprocess
 from alexnet_jax import sharding
 
@@ -216,6 +215,38 @@ def _in_own_memory(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {k: np.array(v) for k, v in batch.items()}
 
 
+class _WorkersIgnoreCtrlC:
+  """grain's multiprocess iterable, whose worker processes start (at the first `next`) with
+  SIGINT ignored, which they inherit: Ctrl-C then reaches the main process alone, which
+  checkpoints and stops, and no worker prints a KeyboardInterrupt traceback. A Ctrl-C in the
+  moment the workers start is ignored."""
+
+  def __init__(self, iterable):
+    self._iterable, self._it = iterable, None
+
+  def __iter__(self):
+    self._it = None
+    return self
+
+  def __next__(self):
+    if self._it is not None:
+      return next(self._it)
+    try:
+      previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # Not the main thread: its signals are not ours to set.
+      previous = None
+    try:
+      self._it = iter(self._iterable)
+      return next(self._it)
+    finally:
+      if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+  def close(self) -> None:
+    if self._it is not None and hasattr(self._it, 'close'):
+      self._it.close()
+
+
 def _iterate(ds: grain.MapDataset, workers: int, prefetch: int, threads: int | None = None):
   """`threads` reader threads per process (default: `prefetch`); decoding releases the GIL."""
   if workers > 0 and not flags.FLAGS.is_parsed():
@@ -225,7 +256,7 @@ def _iterate(ds: grain.MapDataset, workers: int, prefetch: int, threads: int | N
   if workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                       per_worker_buffer_size=max(1, prefetch)))
-    it = it.map(_in_own_memory)
+    it = _WorkersIgnoreCtrlC(it.map(_in_own_memory))
   return it
 
 
@@ -233,9 +264,12 @@ class Batches:
   """This process's training batches from step `step` on; restartable at any step.
 
   The state is the number of batches consumed, with what identifies the stream (seed, global
-  batch, dataset size): small JSON for the checkpoint, valid whatever the number of workers
-  of the run that restores it, since every batch is determined by its step alone. Restoring
-  the state of another stream is an error, not silently different batches.
+  batch; the examples: their count and, for a folder, their files): small JSON for the
+  checkpoint, valid whatever the number of workers of the run that restores it, since every
+  batch is determined by its step alone. Restoring the state of a stream with another seed
+  or batch is an error, not silently different batches; of other examples (bad files removed
+  or fixed, new ones added), the stream goes on from the same step over the examples there
+  are now, in the order they determine.
   """
 
   def __init__(self, make, identity: dict[str, int], step: int = 0):
@@ -254,13 +288,17 @@ class Batches:
   def get_state(self) -> dict[str, int]:
     return {'step': self.step, **self.identity}
 
-  def set_state(self, state: dict[str, int]) -> None:
-    for key, value in self.identity.items():
-      if state.get(key, value) != value:
+  def set_state(self, state: dict) -> tuple[int, int] | None:
+    """Restores `state`; (examples then, examples now) if the examples changed, else None."""
+    for key in ('seed', 'global_batch'):
+      if state.get(key, self.identity[key]) != self.identity[key]:
         raise datasets.DataError(f'data: the saved input state has {key}={state[key]}, this '
-                                 f'run {value}; resume with the same {key}')
+                                 f'run {self.identity[key]}; resume with the same {key}')
     self.close()
     self.step = int(state['step'])
+    if any(state.get(k, v) != v for k, v in self.identity.items()):
+      return int(state['examples']), self.identity['examples']
+    return None
 
   def close(self) -> None:
     """Stops the worker processes, if any (they also stop when the iterator is collected)."""
@@ -286,7 +324,7 @@ def train_dataset(source, augment: Augment, *, global_batch: int, seed: int,
     return _iterate(ds, workers, prefetch, threads)
 
   return Batches(make, {'seed': seed, 'global_batch': global_batch,
-                       'examples': len(source)})
+                       'examples': len(source), 'files': datasets.fingerprint(source)})
 
 
 class EvalBatches:
@@ -331,16 +369,21 @@ def eval_dataset(source, *, global_batch: int, crop: int | None, workers: int = 
 class BadExamples:
   """The bad examples a run meets in `source`: each named once (a warning line, and a line of
   the run's list at `path`, which persists across resumes; no list if `path` is None). For
-  training also counted over every process (`count`), and the run stopped past
-  data.max_bad_fraction of the examples read (and at least datasets.MIN_BAD_TO_STOP)."""
+  training also counted (`count`): the distinct examples found bad, over every process, and
+  the run stopped once there are more than `datasets.bad_example_limit` allows for the split.
+  One bad file read in every epoch is one bad example, however long the run."""
 
   def __init__(self, source, path: str | None):
     self.source, self.path = datasets.Checked(source, replace=True), path
-    self.total = self.seen = 0
+    self.found = set()  # Indices of the distinct bad examples counted.
     self.named = set()
     if path and os.path.isfile(path):
       with open(path) as f:
         self.named = set(f.read().splitlines())
+
+  @property
+  def total(self) -> int:
+    return len(self.found)
 
   def name(self, batch: dict[str, np.ndarray]) -> None:
     """Names the bad examples this process's rows of `batch` passed over."""
@@ -355,23 +398,27 @@ class BadExamples:
             with open(self.path, 'a') as f:
               f.write(line + '\n')
 
-  def state(self) -> dict[str, int]:
-    """The counts a checkpoint keeps, so that a resumed run counts on from them."""
-    return {'total': self.total, 'seen': self.seen}
+  def state(self) -> dict[str, list[int]]:
+    """What a checkpoint keeps, so that a resumed run counts on from it."""
+    return {'found': sorted(self.found)}
 
-  def restore(self, state: dict[str, int]) -> None:
-    self.total, self.seen = int(state['total']), int(state['seen'])
+  def restore(self, state: dict) -> None:
+    self.found = set(state.get('found', ()))  # Checkpoints before distinct counts: none.
 
-  def count(self, bad: float, batch_size: int, max_fraction: float) -> bool:
-    """Adds one step's count (every process's rows); whether it had any. InputError (the
-    run stops, exit 1) past the limit."""
-    self.seen += batch_size + int(bad)  # The examples delivered and those passed over.
-    self.total += int(bad)
-    if self.total >= datasets.MIN_BAD_TO_STOP and self.total > max_fraction * self.seen:
+  def count(self, rows, max_fraction: float) -> bool:
+    """Adds one step's (index, bad examples passed over there) rows of every process;
+    whether any example was newly found bad. InputError (the run stops, exit 1) past the
+    split's limit."""
+    n = len(self.source)
+    before = len(self.found)
+    for index, bad in rows:
+      self.found.update((int(index) + k) % n for k in range(int(bad)))
+    if len(self.found) > datasets.bad_example_limit(n, max_fraction):
       raise InputError(
-          f'data: {self.total} of the last {self.seen} examples read were bad, more than '
-          f'data.max_bad_fraction={max_fraction:g}; they are listed in {self.path}')
-    return bad > 0
+          f'data: {len(self.found)} of the {n} training examples are bad (listed in '
+          f'{self.path}), more than data.max_bad_fraction={max_fraction:g} allows; fix or '
+          'remove them, or raise data.max_bad_fraction')
+    return len(self.found) > before
 
 
 def to_global(batch: dict[str, np.ndarray], mesh,
@@ -427,78 +474,6 @@ class Data:
     """Stops every worker process (and frees their shared memory)."""
     self.train.close()
     self.eval.close()
-
-
-# Images whose shorter side is at least this are read by the paper's rule, whatever the recipe:
-# stored at 256, crops of 224, conv1 11x11 at stride 4 (s4, s1).
-LARGE_IMAGE_SIDE = 128
-
-
-DEFAULT_EVAL_SPLIT = 'validation'  # config.py's data.eval_split.
-
-
-def fit_config(config, mesh) -> ml_collections.ConfigDict:
-  """`config` itself, or with data.fit a copy with the class count, the evaluation split
-  (the one named, or where that is the default and the data lacks it, the data's first) and
-  a batch no larger than the training set taken from the data.
-
-  A full-size recipe (images stored at LARGE_IMAGE_SIDE or more: paper, owt, caffe, ...) keeps
-  its own geometry, exactly: every file is resized to its sizes, and a prepared directory must
-  have been prepared at them. A recipe for small images (small) fits its sizes to the data:
-  images at least LARGE_IMAGE_SIDE on their shorter side are read by the paper's rule; smaller
-  ones keep their side (a prepared directory's stored side), enlarged only to what the net
-  needs, and the crop keeps the recipe's crop-to-image ratio (32/36).
-  """
-  if not config.data.fit:
-    return config
-  c = ml_collections.ConfigDict(config.to_dict())
-  found = datasets.survey(c.data)
-  if len(found.classes) < 2:
-    raise datasets.DataError(f'data.path: {c.data.path!r} has one class '
-                             f'({found.classes[0]}); a classifier needs two or more')
-  # The split the config names if the data has it; else, for the default split, the first
-  # evaluation split the data has. A split named on purpose and missing is an error.
-  if c.data.eval_split not in found.counts:
-    if c.data.eval_split != DEFAULT_EVAL_SPLIT:
-      raise datasets.DataError(
-          f'data.eval_split: {c.data.path!r} has no split {c.data.eval_split!r}; it has '
-          f'{", ".join(sorted(found.counts))}')
-    c.data.eval_split = next((s for s in datasets.EVAL_SPLITS if s in found.counts), '')
-  if not c.data.eval_split:
-    raise datasets.DataError(f'data.path: {c.data.path!r} has no evaluation split: add '
-                             'validation/, val/ or test/ beside train/')
-  c.model.num_classes = len(found.classes)
-  stored, crop = c.data.image_size, c.model.image_size
-  side = found.image_side
-  if stored >= LARGE_IMAGE_SIDE:  # A full-size recipe: its geometry is never fitted.
-    if found.prepared and side != stored:
-      raise datasets.DataError(
-          f'data.path: {c.data.path!r} stores {side}x{side} images, the {c.recipe!r} recipe '
-          f'reads {stored}x{stored} ones; prepare it with --size={stored}')
-  elif side >= LARGE_IMAGE_SIDE:  # The paper's rule; a prepared side stays.
-    stored, crop = (side, round(side * 224 / 256)) if found.prepared else (256, 224)
-    c.model.update(conv1_kernel=11, conv1_stride=4, conv1_padding=0, conv1_ceil_mode=True)
-  elif found.prepared or side < stored:
-    if not found.prepared:  # Enlarged, if need be, to the least the net reads.
-      side = max(side, -(-_smallest_crop(c.model) * stored // crop))
-    stored, crop = side, max(1, round(side * crop / stored))
-  # Else images between the recipe's side and LARGE_IMAGE_SIDE: read at the recipe's sizes.
-  c.data.image_size, c.model.image_size = stored, crop
-  data_parallel = sharding.data_size(mesh)
-  train = found.counts['train'] - found.counts['train'] % data_parallel
-  c.batch_size = max(data_parallel, min(c.batch_size, train))
-  return c
-
-
-def _smallest_crop(model_config) -> int:
-  """The smallest crop side the net of `model_config` reads to fc6 with every layer."""
-  for side in range(model_config.conv1_kernel, 1024):
-    try:
-      model_lib.ModelSpec.from_config(dict(model_config.to_dict(), image_size=side))
-      return side
-    except ValueError:
-      continue
-  raise datasets.DataError('model: no crop up to 1024 pixels reaches fc6 with this net')
 
 
 def create(config, mesh=None, *, inputs_of: preprocess.Preprocessing | None = None) -> Data:

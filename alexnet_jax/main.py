@@ -61,16 +61,18 @@ def main(argv):
   # `kill -USR1 PID` prints where every thread of a run that seems stuck is, and the run goes
   # on. Written by the signal handler itself, so it works while Python waits inside XLA.
   faulthandler.register(signal.SIGUSR1, all_threads=True)
-  cli.setup_logging()
   f = flags.FLAGS
+  workdir = os.path.expanduser(f.workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    cli.fail(f'--workdir: {workdir!r} is a file, not a directory')
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax import distributed  # pylint: disable=g-import-not-at-top
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(f.config.distributed)  # Before anything touches a device.
-    cache_compilations(f.workdir)
-    train.train_and_evaluate(f.config, f.workdir)
+    cache_compilations(workdir)
+    train.train_and_evaluate(f.config, workdir)
   except checkpoint.CheckpointError as e:
     # Orbax's failed writer threads are still printing tracebacks, a piece at a time (the
     # source line and its newline are separate writes), so the terminal may be mid-line. The
@@ -91,4 +93,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -66,13 +66,14 @@ def predict(trained: inference.Trained, paths: list[str], *, top: int = 5,
 
 
 def main(argv):
-  cli.setup_logging()
   paths = argv[1:]
   if not paths:
     raise app.UsageError('give one or more image files')
   try:
     (trained,) = cli.models_from_flags()
-  except (ValueError, inference.checkpoint_lib.CheckpointError) as e:
+  except ValueError as e:
+    cli.fail(str(e))
+  except inference.checkpoint_lib.CheckpointError as e:
     raise SystemExit(f'error: {e}') from None
   print(f'preprocessing: {trained.preprocessing.summary()}')
   lines = predict(trained, paths, top=flags.FLAGS.top, views=int(flags.FLAGS.views))
@@ -86,4 +87,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -5,8 +5,10 @@
     python -m alexnet_jax.prepare --source=tfds --input=~/tensorflow_datasets \
         --tfds_name=imagenet2012 --output=~/data/in1k
 
-As the paper did (s4), every image is rescaled so its shorter side is `--size` (256) and its
-central size x size square kept. The output directory holds, per split, ArrayRecord shards
+As the paper did (s4), every image is rescaled so its shorter side is `--size` and its
+central size x size square kept. By default the size is the one training reads the images at
+(alexnet_jax/fitting.py): 256 for ImageNet and for images of 128 pixels or more, else the
+images' own side, so a folder and its prepared directory train the same net. The output directory holds, per split, ArrayRecord shards
 of checksummed examples (the image, its label and its original file name; the format is
 `alexnet_jax/records.py`'s), and `metadata.json` with the class names, counts, per-channel
 mean/std, the eigen-decomposition of the RGB covariance over the training split (for PCA
@@ -32,10 +34,10 @@ import functools
 import hashlib
 import importlib.resources
 import json
+import logging
 import multiprocessing
 import os
 import tarfile
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -45,6 +47,7 @@ from alexnet_jax import images
 from alexnet_jax import records
 
 Item = datasets.Item
+log = logging.getLogger(__name__)
 
 
 class PrepareError(ValueError):
@@ -239,19 +242,20 @@ def convert_shard(task: tuple) -> tuple[str, int, int]:
 # ---- The whole conversion --------------------------------------------------------------------
 
 
-def prepare(source: str, input_path: str, output: str, *, size: int = 256, fmt: str = 'jpeg',
+def prepare(source: str, input_path: str, output: str, *, size: int = 0, fmt: str = 'jpeg',
             quality: int = 90, shard_size: int = 1024, workers: int | None = None,
             tfds_name: str = 'imagenet2012', progress: bool = True,
             max_image_pixels: int = images.MAX_IMAGE_PIXELS) -> dict[str, Any]:
-  """Converts `input_path` into `output`; returns the metadata written."""
+  """Converts `input_path` into `output`; returns the metadata written. `size` 0: the side
+  training reads these images at (see the module doc)."""
   input_path = os.path.expanduser(input_path)
   output = os.path.expanduser(output)
   if fmt not in ('jpeg', 'raw'):
     raise PrepareError(f"--format: must be 'jpeg' or 'raw', got {fmt!r}")
   if not 1 <= quality <= 100:
     raise PrepareError(f'--quality: must be in 1..100, got {quality}')
-  if size < 1 or shard_size < 1:
-    raise PrepareError('--size and --shard_size must be positive')
+  if size < 0 or shard_size < 1:
+    raise PrepareError('--size must be >= 0 (0: by the images) and --shard_size positive')
   if not os.path.exists(input_path):
     raise PrepareError(f'--input: no such path {input_path!r}')
   listers = {'folder': list_folder, 'ilsvrc': list_ilsvrc,
@@ -259,6 +263,10 @@ def prepare(source: str, input_path: str, output: str, *, size: int = 256, fmt: 
   if source not in listers:
     raise PrepareError(f'--source: must be one of {tuple(listers)}, got {source!r}')
   classes, splits = listers[source](input_path)
+  # The files' own side, recorded so that training fits a config to it as to the folder.
+  image_side = datasets.image_side(splits.get('train', [])) if source == 'folder' else None
+  if not size:
+    size = datasets.stored_side(image_side) if image_side else datasets.PAPER_SIDE
   os.makedirs(output, exist_ok=True)
   _check_settings(output, {'storage': records.FORMAT, 'source': source, 'size': size,
                            'format': fmt, 'quality': quality,
@@ -275,7 +283,11 @@ def prepare(source: str, input_path: str, output: str, *, size: int = 256, fmt: 
         tasks.append((output, split, shard, items[start:start + shard_size], size, fmt,
                       quality, spec, max_image_pixels))
   _run(tasks, workers, progress, total=sum(len(t[3]) for t in tasks))
-  return _write_metadata(output, classes, splits, shard_size, size, fmt, quality, source)
+  meta = {'format': fmt, 'quality': quality, 'image_size': size, 'source': source,
+          'classes': classes, 'num_classes': len(classes)}
+  if image_side:
+    meta['source_image_side'] = image_side
+  return _write_metadata(output, meta, splits, shard_size, size)
 
 
 SETTINGS = 'prepare_settings.json'
@@ -323,9 +335,8 @@ def _run(tasks: Sequence[tuple], workers: int | None, progress: bool, total: int
   bar.close()
 
 
-def _write_metadata(output, classes, splits, shard_size, size, fmt, quality, source):
-  meta = {'format': fmt, 'quality': quality, 'image_size': size, 'source': source,
-          'classes': classes, 'num_classes': len(classes), 'splits': {}}
+def _write_metadata(output, meta, splits, shard_size, size):
+  meta = dict(meta, splits={})
   train_sums = None
   for split, items in splits.items():
     shards = -(-len(items) // shard_size)
@@ -340,8 +351,8 @@ def _write_metadata(output, classes, splits, shard_size, size, fmt, quality, sou
     meta['splits'][split] = {'count': sum(counts), 'shards': shards, 'shard_counts': counts,
                              'skipped': len(bad), 'skipped_files': bad}
     if bad:
-      warnings.warn(f'prepare: skipped {len(bad)} unreadable file(s) of {split}: '
-                    + '; '.join(bad[:20]) + (' ...' if len(bad) > 20 else ''))
+      log.warning('prepare: skipped %d unreadable file(s) of %s: %s%s', len(bad), split,
+                  '; '.join(bad[:20]), ' ...' if len(bad) > 20 else '')
     if split == 'train':
       train_sums = (sums, sum(counts))
   if train_sums and train_sums[1]:
@@ -353,17 +364,19 @@ def _write_metadata(output, classes, splits, shard_size, size, fmt, quality, sou
 
 
 def main(argv):
+  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
-  del argv
-  cli.setup_logging()
   f = flags.FLAGS
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not f.input or not f.output:
+    raise app.UsageError('give --input and --output')
   try:
     meta = prepare(f.source, f.input, f.output, size=f.size, fmt=f.format, quality=f.quality,
                    shard_size=f.shard_size, workers=f.workers, tfds_name=f.tfds_name,
                    max_image_pixels=f.max_image_pixels)
   except PrepareError as e:
-    raise SystemExit(f'prepare: {e}') from None
+    raise SystemExit(f'error: {e}') from None
   for split, s in meta['splits'].items():
     print(f'{split}: {s["count"]} images in {s["shards"]} shards, {s["skipped"]} skipped')
 
@@ -373,7 +386,8 @@ def _define_flags():
   flags.DEFINE_enum('source', 'folder', ['folder', 'ilsvrc', 'tfds'], 'What --input holds.')
   flags.DEFINE_string('input', None, 'Image folder root, ILSVRC tar directory or tfds data_dir.')
   flags.DEFINE_string('output', None, 'Directory for the prepared shards.')
-  flags.DEFINE_integer('size', 256, 'Side of the stored images (shorter side, center crop).')
+  flags.DEFINE_integer('size', 0, 'Side of the stored images (shorter side, center crop); 0: '
+                       'the side training reads them at (256, or a small folder\'s own).')
   flags.DEFINE_string('format', 'jpeg', 'jpeg or raw (uint8).')
   flags.DEFINE_integer('quality', 90, 'JPEG quality.')
   flags.DEFINE_integer('shard_size', 1024, 'Images per shard.')
@@ -381,10 +395,9 @@ def _define_flags():
   flags.DEFINE_string('tfds_name', 'imagenet2012', 'With --source=tfds: the dataset name.')
   flags.DEFINE_integer('max_image_pixels', images.MAX_IMAGE_PIXELS,
                        'Files whose header declares more pixels are skipped, undecoded.')
-  flags.mark_flags_as_required(['input', 'output'])
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  cli.run(main)

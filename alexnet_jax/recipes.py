@@ -137,6 +137,7 @@ def own_images(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.source = 'auto'  # A prepared directory (it has metadata.json), else a folder.
   config.data.path = ''  # Required: the folder's root or the prepared directory.
   config.data.fit = True  # Classes, image size, evaluation split and batch from the data.
+  config.model.num_classes = 0  # The data's class count (alexnet_jax/fitting.py).
   config.data.mean = 'rgb'  # Per channel: a folder read directly has no full mean image.
   config.model.fc8_per_tower = False  # One fc8 reading both towers: any class count (s2.7).
   return config

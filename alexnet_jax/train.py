@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -27,12 +28,13 @@ from flax import nnx
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import distributed
 from alexnet_jax import evaluation
-from alexnet_jax import inference
+from alexnet_jax import fitting
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import preprocess
 from alexnet_jax import sharding
+from alexnet_jax import transfer
 from alexnet_jax import writers
 
 log = logging.getLogger(__name__)
@@ -103,52 +105,14 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int,
                                           params=jax.tree.map(guard, params, state.params),
                                           opt_state=opt_state)
     metrics = {'loss': loss, 'top1_error': top1, 'top5_error': top5,
-               'finite': finite.astype(jnp.float32),
-               # Bad examples passed over for this batch, over every process's rows.
-               'bad_examples': jnp.sum(batch['bad']) if 'bad' in batch else jnp.zeros(())}
+               'finite': finite.astype(jnp.float32)}
+    if 'bad' in batch:  # (index, bad examples passed over there) of every process's rows.
+      rows = jnp.stack([batch['index'], batch['bad']], axis=1)
+      metrics['bad_rows'] = jax.sharding.reshard(
+          rows, jax.sharding.NamedSharding(jax.typeof(rows).sharding.mesh, sharding.REPLICATED))
     return new_state, metrics
 
   return sharding.jit(step_fn, donate_argnums=0)
-
-
-# ---- Transfer learning -----------------------------------------------------------------------
-
-
-def source_config(config) -> ml_collections.ConfigDict | None:
-  """The config a weights file named by `transfer.source` is read with (checkpoints carry
-  their own)."""
-  if not config.transfer.source.endswith(inference.WEIGHTS_SUFFIXES):
-    return None
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.model.num_classes = config.transfer.source_num_classes
-  return c
-
-
-def pretrained_params(config, params, mesh):
-  """`params` with every layer outside `config.optim.new_layers` taken from the model that
-  `config.transfer.source` names (same architecture, any class count)."""
-  pretrained = inference.load(config.transfer.source, config=source_config(config), mesh=mesh)
-  _, source = nnx.split(pretrained.net, nnx.Param)
-  new_layers = tuple(config.optim.new_layers)
-
-  def take(path, ours, theirs):
-    layer = path[0].key
-    if layer in new_layers:
-      return ours
-    if ours.shape != theirs.shape:
-      raise ValueError(f'transfer.source: layer {layer} is {theirs.shape} in '
-                       f'{pretrained.source}, this net needs {ours.shape}')
-    return jax.device_put(theirs, ours.sharding)
-
-  try:
-    merged = jax.tree_util.tree_map_with_path(take, params, source)
-  except ValueError as e:
-    if str(e).startswith('transfer.source'):
-      raise
-    raise ValueError(f'transfer.source: {pretrained.source} is another architecture than '
-                     f'this {config.recipe!r} net') from None
-  log.info('started from %s; new layers: %s', pretrained.source, ', '.join(new_layers))
-  return merged
 
 
 # ---- Config checks ----------------------------------------------------------------------------
@@ -194,19 +158,27 @@ def _flat(tree: dict, prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def check_resumable(config: ml_collections.ConfigDict, checkpoints, state) -> None:
-  """Fails in one line, touching nothing, when the newest checkpoint holds another train state
-  than `state` (another net, or an optimizer with other parts), naming what differs and the
-  config fields that differ from those of the run that wrote it. Anything that leaves the
-  state's shapes alone (compute dtype, dropout, the data, the schedule) may change."""
+def check_resumable(config: ml_collections.ConfigDict, checkpoints, state, classes) -> None:
+  """Fails in one line, touching nothing, when the newest checkpoint was trained on other
+  classes than the data's `classes`, or holds another train state than `state` (another net,
+  or an optimizer with other parts), naming what differs and the config fields that differ
+  from those of the run that wrote it. Anything that leaves the state's shapes alone (compute
+  dtype, dropout, the examples, the schedule) may change."""
   steps = checkpoints.steps()
   if not steps:
     return
   try:
     theirs = checkpoints.leaf_shapes(steps[-1])
-    saved = _flat(json.loads(checkpoints.read_meta(steps[-1])['config']))
+    meta = checkpoints.read_meta(steps[-1])
   except checkpoint_lib.CheckpointError:
     return  # Damaged: restore_latest reports it and falls back to the one before.
+  if 'classes' in meta and tuple(meta['classes']) != tuple(classes):
+    raise ValueError(
+        f'data: the checkpoints in {checkpoints.directory} were trained on '
+        f'{len(meta["classes"])} classes ({fitting.classes_line(meta["classes"])}), the data '
+        f'has {len(classes)} ({fitting.classes_line(classes)}); a run keeps its classes: to '
+        'start afresh, use another --workdir or move its checkpoints aside')
+  saved = _flat(json.loads(meta['config']))
   ours = checkpoint_lib.leaf_shapes(state)
   if theirs == ours:
     return
@@ -224,57 +196,117 @@ def check_resumable(config: ml_collections.ConfigDict, checkpoints, state) -> No
 # ---- The loop ---------------------------------------------------------------------------------
 
 
-class _Preemption:
-  """SIGTERM (preemption) asks the loop to checkpoint and stop between steps.
+SIGNAL_NAMES = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT (Ctrl-C)'}
 
-  One process: our own handler sets a flag. Several: JAX's coordination service catches the
-  signal on any process, and `requested(step)` is true on all of them after the same step.
+
+class _Preemption:
+  """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to checkpoint and stop between
+  steps; a second Ctrl-C stops at once.
+
+  One process: our own handler notes the signal. Several: JAX's coordination service catches
+  SIGTERM on any process, and `requested(step)` is true on all of them after the same step;
+  Ctrl-C is passed on to it as a SIGTERM.
   """
 
   def __init__(self):
-    self.signalled = False
-    self._previous = None
+    self.signalled = None  # The signal received, one process.
+    self._previous = {}
     self._multi = jax.process_count() > 1
 
   def __enter__(self):
-    if not self._multi:  # JAX installs its own handler with jax.distributed.
+    handlers = ({signal.SIGINT: self._to_sigterm} if self._multi else
+                {signal.SIGTERM: self._handle, signal.SIGINT: self._handle})
+    for signum, handler in handlers.items():
       try:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous[signum] = signal.signal(signum, handler)
       except ValueError:  # Not the main thread (a notebook thread): no handler.
-        self._previous = None
+        pass
     return self
 
   def _handle(self, signum, frame):
+    del frame
+    if signum == signal.SIGINT and self.signalled == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signalled = signum
+
+  @staticmethod
+  def _to_sigterm(signum, frame):
     del signum, frame
-    self.signalled = True
+    os.kill(os.getpid(), signal.SIGTERM)
 
   def requested(self, step: int) -> bool:
-    return distributed.preemption_sync_point(step) if self._multi else self.signalled
+    return distributed.preemption_sync_point(step) if self._multi else bool(self.signalled)
+
+  def exit_status(self) -> int:
+    """EXIT_PREEMPTED, or for Ctrl-C what shells report for it (128 + SIGINT)."""
+    return 128 + signal.SIGINT if self.signalled == signal.SIGINT else EXIT_PREEMPTED
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics."""
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics.
+
+  Everything is checked before the run starts; a start that fails removes what it created
+  in `workdir` (the directory itself if it made it), so that nothing half-made is left."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  mesh = sharding.make_mesh(config.model.towers)
-  config = input_pipeline.fit_config(config, mesh)
-  check_config(config, mesh)
-  # A pretrained net keeps the input scaling it learned with (its preprocessing record).
-  inputs_of = (inference.preprocessing_of(config.transfer.source, config=source_config(config))
-               if config.transfer.source else None)
-  data = input_pipeline.create(config, mesh, inputs_of=inputs_of)
-  if len(data.stats.classes) != config.model.num_classes:
-    raise ValueError(f'model.num_classes: {config.model.num_classes}, but the data has '
-                     f'{len(data.stats.classes)} classes')
-  os.makedirs(workdir, exist_ok=True)
-  trainer = Trainer(config, workdir, mesh, data)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'workdir: {workdir!r} is a file, not a directory')
+  before = set(os.listdir(workdir)) if os.path.isdir(workdir) else None
+  try:
+    trainer = start(config, workdir)
+  except BaseException:
+    _remove_new_entries(workdir, before)
+    raise
   if trainer.finished is not None:
     return trainer.finished
   trainer.run()
   return trainer.finish()
+
+
+def checked(config: ml_collections.ConfigDict):
+  """(config, mesh): `config` with a transfer source's net, fitted to its data and checked,
+  in one line naming the field if it cannot work, before anything is built."""
+  config = transfer.with_source_net(config)
+  mesh = sharding.make_mesh(config.model.towers)
+  config = fitting.fit(config, mesh)
+  check_config(config, mesh)
+  return config, mesh
+
+
+def start(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
+  """The run of `config` in `workdir`, checked, fitted to its data and built or resumed."""
+  config, mesh = checked(config)
+  # A pretrained net keeps the input scaling it learned with (its preprocessing record).
+  inputs_of = transfer.source_preprocessing(config) if config.transfer.source else None
+  data = input_pipeline.create(config, mesh, inputs_of=inputs_of)
+  try:
+    if len(data.stats.classes) != config.model.num_classes:
+      raise ValueError(f'model.num_classes: {config.model.num_classes}, but the data has '
+                       f'{len(data.stats.classes)} classes')
+    os.makedirs(workdir, exist_ok=True)
+    return Trainer(config, workdir, mesh, data)
+  except BaseException:
+    data.close()
+    raise
+
+
+def _remove_new_entries(workdir: str, before: set[str] | None) -> None:
+  """Removes what a failed start made in `workdir`: the entries that were not there before
+  (`before`), or the directory itself if it did not exist (None)."""
+  if not distributed.is_main_process() or not os.path.isdir(workdir):
+    return
+  if before is None:
+    shutil.rmtree(workdir, ignore_errors=True)
+    return
+  for name in set(os.listdir(workdir)) - before:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.remove(path)
 
 
 class Trainer:
@@ -293,20 +325,22 @@ class Trainer:
     self.plateau = optim.Plateau(config.optim.base_lr, config.optim.plateau_patience,
                                  config.optim.plateau_threshold, config.optim.plateau_factor,
                                  config.optim.max_drops)
-    self.steps_per_epoch = (config.steps_per_epoch or
-                            max(1, data.train_examples // config.batch_size))
-    self.total_steps = config.num_epochs * self.steps_per_epoch
     self.checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                                   keep=config.checkpoint.keep)
-    check_resumable(config, self.checkpoints, state)
-    restored = self.checkpoints.restore_latest(state)
-    if restored is None and self.checkpoints.steps():
-      raise TrainingError(f'checkpoint: none of the checkpoints in '
-                          f'{self.checkpoints.directory} restores into this config (see the '
-                          'warnings above); use another --workdir or move them aside')
+    try:
+      restored = self._restore(state, data.stats.classes)
+    except BaseException:
+      self.checkpoints.close()
+      raise
+    meta = restored[1] if restored is not None else {}
+    # A resumed run keeps its epochs' length, even if examples were added or removed since.
+    self.steps_per_epoch = (config.steps_per_epoch or meta.get('steps_per_epoch') or
+                            max(1, data.train_examples // config.batch_size))
+    self.total_steps = config.num_epochs * self.steps_per_epoch
     done = os.path.join(workdir, FINAL_METRICS)
-    if (restored is not None and int(restored[0].step) >= self.total_steps and
-        os.path.isfile(done) and not config.reevaluate):
+    finished = (restored is not None and int(restored[0].step) >= self.total_steps and
+                os.path.isfile(done))
+    if finished and not config.reevaluate:
       log.info('%s finished at step %d (%s); nothing to do (--config.reevaluate=true '
                'evaluates it again)', workdir, int(restored[0].step), done)
       self.checkpoints.close()
@@ -314,39 +348,56 @@ class Trainer:
       with open(done) as f:
         self.finished = json.load(f)
       return
-    if self.main_process:
+    self.reevaluating = finished  # The final evaluation again, its records replaced.
+    if restored is None and config.transfer.source:
+      params, pretrained = transfer.pretrained_params(config, state.params, mesh)
+      state = state.replace(params=params)
+    if self.main_process and self.reevaluating:
+      log.info('evaluating %s again at step %d: its final records are replaced', workdir,
+               int(restored[0].step))
+    elif self.main_process:
       log.info('training the %s recipe in %s on mesh %s (%d %s devices, %d processes):\n%s',
                config.recipe, workdir, dict(mesh.shape), jax.device_count(),
                jax.devices()[0].platform, jax.process_count(), model_lib.summary(net))
+      log.info(fitting.describe(config, data.stats.classes, data.train_examples,
+                                data.eval_examples))
+    data_changed = None
     if restored is not None:
-      state, meta = restored
-      data.train.set_state(meta['data'])
+      state = restored[0]
+      data_changed = data.train.set_state(meta['data'])
       self.plateau.restore(meta['plateau'])
-      log.info('resumed from step %d', int(state.step))
+      if not self.reevaluating:
+        log.info('resumed from step %d', int(state.step))
+      if data_changed and not self.reevaluating:
+        log.info('data: the training examples changed since step %d (%d then, %d now); the '
+                 'run goes on with them', int(state.step), *data_changed)
     elif config.transfer.source:
-      state = state.replace(params=pretrained_params(config, state.params, mesh))
+      log.info('started from %s (its %s net); new layers: %s', pretrained, config.recipe,
+               ', '.join(config.optim.new_layers))
     self.state = state
     self.step_count = int(state.step)
     self.saved_step = self.step_count if restored is not None else None  # Newest checkpoint.
     self.lr = float(optim.learning_rate(state.opt_state))  # Kept on the host: no sync a step.
 
     self.writer = writers.Writer(workdir, resume_step=self.step_count,
-                                 enabled=self.main_process)
+                                 enabled=self.main_process, reevaluating=self.reevaluating)
     self.writer.text('config', f'recipe {config.recipe}\n\n```\n{config.to_json(indent=1)}\n```',
                      self.step_count)
-    self.progress = writers.Progress(self.total_steps, initial=self.step_count,
-                                     enabled=config.progress and self.main_process)
+    self.progress = writers.Progress(
+        self.total_steps, initial=self.step_count,
+        enabled=config.progress and self.main_process and not self.reevaluating)
     # Bad training and evaluation examples are named in one list, each line saying where.
     bad_list = os.path.join(workdir, BAD_EXAMPLES_FILE)
     self.bad_examples = input_pipeline.BadExamples(data.train_source, bad_list)
-    if restored is not None and 'bad_examples' in restored[1]:  # Counted on across a resume.
-      self.bad_examples.restore(restored[1]['bad_examples'])
+    if 'bad_examples' in meta and not data_changed:  # Counted on across a resume.
+      self.bad_examples.restore(meta['bad_examples'])
     self.bad_eval_examples = input_pipeline.BadExamples(data.eval_source, bad_list)
     # What evaluate/predict need besides the weights: the config, class names and how images
-    # become inputs.
+    # become inputs; and what a resumed run keeps.
     self.meta = {'num_classes': config.model.num_classes, 'config': config.to_json(),
                  'classes': list(data.stats.classes),
-                 'preprocessing': data.preprocessing.to_dict()}
+                 'preprocessing': data.preprocessing.to_dict(),
+                 'steps_per_epoch': self.steps_per_epoch}
     self.train_step = make_train_step(self.graphdef, tx, seed=config.seed,
                                       num_classes=config.model.num_classes,
                                       preprocessing=data.preprocessing,
@@ -361,10 +412,22 @@ class Trainer:
     self.nonfinite_in_a_row = 0
     self.last_eval = (None, None)  # (step, 1-view results) of the newest evaluation.
 
+  def _restore(self, state, classes):
+    """(state, meta) of the newest good checkpoint, None for a fresh run; one line if the
+    checkpoints cannot be resumed with this config and data."""
+    check_resumable(self.config, self.checkpoints, state, classes)
+    restored = self.checkpoints.restore_latest(state)
+    if restored is None and self.checkpoints.steps():
+      raise TrainingError(f'checkpoint: none of the checkpoints in '
+                          f'{self.checkpoints.directory} restores into this config (see the '
+                          'warnings above); use another --workdir or move them aside')
+    return restored
+
   # ---- The loop -------------------------------------------------------------------------------
 
   def run(self) -> None:
-    """Steps to the end; on a preemption, a checkpoint and SystemExit(EXIT_PREEMPTED)."""
+    """Steps to the end; on SIGTERM or Ctrl-C, a checkpoint, one line and SystemExit (with
+    EXIT_PREEMPTED, or 130 for Ctrl-C)."""
     try:
       with _Preemption() as preemption:
         while self.step_count < self.total_steps:
@@ -380,7 +443,11 @@ class Trainer:
             if self.saved_step != self.step_count:
               self.save()
             self.checkpoints.wait()
-            raise SystemExit(EXIT_PREEMPTED)
+            self.progress.close()
+            signalled = SIGNAL_NAMES.get(preemption.signalled, 'a preemption signal')
+            log.info('stopped by %s at step %d of %d, its checkpoint saved: run the same '
+                     'command again to continue', signalled, self.step_count, self.total_steps)
+            raise SystemExit(preemption.exit_status())
     except BaseException:  # Preempted or failed: the evaluation workers stop too.
       self.data.eval.close()
       raise
@@ -435,10 +502,7 @@ class Trainer:
       self.last_eval = (step, val)
       self.writer.write(step, {f'val_{k}': v for k, v in val.items()}
                         | {'epoch': step / self.steps_per_epoch})
-      if self.main_process:  # The paper's figure 3, as training goes.
-        kernel = nnx.merge(self.graphdef, self.state.params).layer('conv1').kernel[...]
-        self.writer.image('val/conv1_kernels', writers.kernel_grid(
-            np.asarray(jax.device_get(kernel), np.float32)), step)
+      self.write_kernels(step)
       self.progress.show_eval(val)
       if c.optim.schedule == 'plateau' and self.plateau.update(val['top1_error']):
         self.set_lr(self.plateau.lr)
@@ -446,6 +510,13 @@ class Trainer:
     if epochs_done % c.checkpoint.every_epochs == 0 or last:
       self.save(val_error=val and val['top1_error'])
     self.timer.idle()  # Evaluation and saving are not step time.
+
+  def write_kernels(self, step: int) -> None:
+    """The paper's figure 3 (conv1's kernels) into TensorBoard, as training goes."""
+    if self.main_process:
+      kernel = nnx.merge(self.graphdef, self.state.params).layer('conv1').kernel[...]
+      self.writer.image('val/conv1_kernels', writers.kernel_grid(
+          np.asarray(jax.device_get(kernel), np.float32)), step)
 
   def set_lr(self, lr: float) -> None:
     self.lr = lr
@@ -465,13 +536,13 @@ class Trainer:
       return
     (step, metrics, lr), self.pending = self.pending, None
     c = self.config
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # Waits for the step.
+    metrics = jax.device_get(metrics)  # Waits for the step.
     timing = self.timer.done()
     if 'step_time_s' in timing:
       timing['images_per_s'] = c.batch_size / timing['step_time_s']
-    if self.bad_examples.count(metrics.pop('bad_examples'), c.batch_size,
-                               c.data.max_bad_fraction):
+    if self.bad_examples.count(metrics.pop('bad_rows', ()), c.data.max_bad_fraction):
       self.writer.write(step, {'data/bad_examples': self.bad_examples.total})
+    metrics = {k: float(v) for k, v in metrics.items()}
     if metrics.pop('finite') < 1:
       self.nonfinite_in_a_row += 1
       self.writer.count_nonfinite(step)
@@ -494,6 +565,8 @@ class Trainer:
     evaluations, written to metrics.jsonl, TensorBoard and final_metrics.json."""
     c, step, data = self.config, self.step_count, self.data
     final = {'step': step, 'epochs': step / self.steps_per_epoch}
+    if self.reevaluating:
+      self.write_kernels(step)  # Purged from TensorBoard with the last step's other records.
     if self.last_eval[0] == step:
       one_view = self.last_eval[1]
     else:
@@ -518,9 +591,11 @@ class Trainer:
     with open(os.path.join(self.workdir, FINAL_METRICS), 'w') as f:
       json.dump(final, f, indent=1)
     writers.plot(self.writer.path, os.path.join(self.workdir, 'curves.png'))
+    top5 = c.model.num_classes > 5  # With five classes or fewer it is always 0.
     print('final: ' + '; '.join(
-        f'{views}-view top-1 error {final[f"{views}view_top1_error"]:.4f}, top-5 '
-        f'{final[f"{views}view_top5_error"]:.4f}' for views in results))
+        f'{views}-view top-1 error {final[f"{views}view_top1_error"]:.4f}' +
+        (f', top-5 {final[f"{views}view_top5_error"]:.4f}' if top5 else '')
+        for views in results))
     log.info('written to %s: %s, metrics.jsonl, curves.png, tensorboard/, checkpoints/%s',
              self.workdir, FINAL_METRICS,
              f', {BAD_EXAMPLES_FILE}' if self.bad_examples.named else '')

@@ -58,45 +58,58 @@ def _summary_writer_class():
 
 class Writer:
   """Appends {'step': s, name: value, ...} lines to workdir/metrics.jsonl and the same
-  scalars to TensorBoard event files in workdir/tensorboard."""
+  scalars to TensorBoard event files in workdir/tensorboard. `reevaluating` a finished run
+  replaces its final records (`final_*`) rather than adding a second set."""
 
-  def __init__(self, workdir: str, resume_step: int = 0, *, enabled: bool = True):
+  def __init__(self, workdir: str, resume_step: int = 0, *, enabled: bool = True,
+               reevaluating: bool = False):
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.nonfinite_steps = 0
     self.enabled = enabled  # Off on every process but the first of a multi-process run.
     if not enabled:
       return
+    kept = []
     if os.path.exists(self.path):
       # Lines past the resumed checkpoint describe steps that will be run again; a line cut
       # short by a killed process is dropped. Replaced in one rename: a kill loses nothing.
-      kept = []
       with open(self.path) as f:
         for line in f:
           try:
-            if json.loads(line)['step'] <= resume_step:
-              kept.append(line)
+            row = json.loads(line)
+            if row['step'] <= resume_step and not (
+                reevaluating and any(k.startswith('final_') for k in row)):
+              kept.append(row)
           except (ValueError, KeyError):
             pass
       with open(self.path + '.tmp', 'w') as f:
-        f.writelines(kept)
+        f.writelines(json.dumps(row) + '\n' for row in kept)
       os.replace(self.path + '.tmp', self.path)
     self._file = open(self.path, 'a')
     # A new event file per (re)start, which first purges every event at or after the step
-    # the run resumes with: each reader then shows each step once.
-    # The suffix keeps two starts in one second (and one process) from sharing a file name.
+    # the run resumes with: each reader then shows each step once. Reevaluating purges the
+    # last step too (events are purged by step, not by tag), and writes its other records
+    # again. The suffix keeps two starts in one second (and one process) from sharing a file.
     self._tb = _summary_writer_class()(
-        os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1, flush_secs=10,
+        os.path.join(workdir, 'tensorboard'),
+        purge_step=resume_step if reevaluating else resume_step + 1, flush_secs=10,
         filename_suffix=f'.{time.time_ns()}')
+    if reevaluating:
+      for row in kept:
+        if row['step'] == resume_step:
+          self._add_scalars(row['step'], {k: v for k, v in row.items() if k != 'step'})
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
     self._file.write(json.dumps({'step': step, **scalars}) + '\n')
     self._file.flush()
+    self._add_scalars(step, scalars)
+    self._tb.flush()  # What a killed run logged before its checkpoint is never logged again.
+
+  def _add_scalars(self, step: int, scalars: dict[str, float]) -> None:
     for k, v in scalars.items():
       if v is not None:
         self._tb.add_scalar(tensorboard_tag(k), v, step)
-    self._tb.flush()  # What a killed run logged before its checkpoint is never logged again.
 
   def text(self, tag: str, text: str, step: int) -> None:
     if self.enabled:
@@ -123,19 +136,23 @@ class Progress:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     self.bar = tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True,
                     disable=not enabled, file=sys.stderr)
-    self.last_eval = {}
+    self.shown = {}
 
   def update(self, step: int, metrics: dict[str, float]) -> None:
     self.bar.n = step
-    shown = {'loss': f'{metrics["loss"]:.3f}', 'err': f'{metrics["top1_error"]:.3f}',
-             'img/s': f'{metrics["images_per_s"]:.0f}' if 'images_per_s' in metrics else '-'}
-    if self.last_eval:
-      shown['val_err'] = f'{self.last_eval["top1_error"]:.3f}'
-    self.bar.set_postfix(shown, refresh=False)
-    self.bar.refresh()
+    self.shown.update(
+        {'loss': f'{metrics["loss"]:.3f}', 'err': f'{metrics["top1_error"]:.3f}',
+         'img/s': f'{metrics["images_per_s"]:.0f}' if 'images_per_s' in metrics else '-'})
+    self._refresh()
 
   def show_eval(self, val: dict[str, float]) -> None:
-    self.last_eval = val
+    """The newest validation error, shown at once (the last epoch's is the final one)."""
+    self.shown['val_err'] = f'{val["top1_error"]:.3f}'
+    self._refresh()
+
+  def _refresh(self) -> None:
+    self.bar.set_postfix(self.shown, refresh=False)
+    self.bar.refresh()
 
   def close(self) -> None:
     self.bar.close()

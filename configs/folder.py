@@ -7,9 +7,9 @@
         --workdir=DIR          # the paper's net and recipe (any recipe by name; :list lists them)
 
 ROOT holds `train/<class>/*.jpg` (or .png, ...) and `val/`, `validation/` or `test/` beside
-it. The class count and names come from the data, and so does the image size: small images
-are enlarged to the least the net reads, larger ones stored at the recipe's size (256, crops
-of 224, for the paper); the batch is no larger than the training set (data.fit).
+it. The class count and names, the evaluation split, the batch (no larger than the training
+set) and the image size come from the data, by one rule for a folder and its prepared form
+(alexnet_jax/fitting.py); the run says what it fitted in its first lines.
 """
 import ml_collections
 

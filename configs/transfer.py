@@ -8,11 +8,13 @@
     python -m alexnet_jax.main --config=configs/transfer.py:finetune,owt \
         --config.transfer.source=alexnet_owt.pth --config.data.path=ROOT --workdir=DIR
 
-The source is a work directory, one checkpoint (DIR/checkpoints/STEP), or a .npz/.pth state
-dict of the same recipe's net (`transfer.source_num_classes` says how many classes it has).
-Every layer but `optim.new_layers` (fc8) is copied; fc8 starts from the recipe's init. The data
-is read as configs/folder.py reads it. Only the first start copies: a resumed run continues
-from its own checkpoints.
+The source is a work directory or one checkpoint (DIR/checkpoints/STEP), whose net (recipe,
+sizes, image geometry) is read from it (alexnet_jax/transfer.py), or a .npz/.pth state dict
+of the net of the recipe named here (`transfer.source_num_classes` says how many classes it
+has). Every layer but `optim.new_layers` (fc8) is copied; fc8 starts from the recipe's init.
+The data, a folder or a prepared directory, gives the classes, as for configs/folder.py; its
+images are read at the size the source was trained at. Only the first start copies: a
+resumed run continues from its own checkpoints.
 """
 import ml_collections
 

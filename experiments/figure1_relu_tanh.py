@@ -60,14 +60,16 @@ def define_flags():
                          'override fields as --config.section.field=value, for both runs.')
   flags.DEFINE_string('out', None, 'Directory for the two runs and the plot (required; the '
                       'tracked experiments/figure1 holds the recorded result).')
-  flags.mark_flag_as_required('out')
   flags.DEFINE_float('target', 0.25, 'Training error to reach (the paper: 25%).')
   flags.DEFINE_integer('seed', 0, 'Seed of both runs.')
 
 
 def main(argv):
-  del argv
   f = flags.FLAGS
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not f.out:
+    raise app.UsageError('give --out')
   curves = {}
   base_json = f.config.to_json()
   sweep.validate(base_json, ('baseline', 'tanh'), 1)
@@ -105,4 +107,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from alexnet_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from alexnet_jax import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from alexnet_jax.writers import kernel_grid  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -27,14 +28,21 @@ def define_flags():
   """Flags, defined when run as a script (tests import this module)."""
   flags.DEFINE_string('workdir', None, 'A work directory or checkpoint (see evaluate).')
   flags.DEFINE_string('output', None, 'The PNG to write (required).')
-  flags.mark_flags_as_required(['workdir', 'output'])
   flags.DEFINE_integer('zoom', 4, 'Pixels per kernel weight.')
 
 
 def main(argv):
-  del argv
   f = flags.FLAGS
-  trained = inference.load(f.workdir)
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not f.workdir or not f.output:
+    raise app.UsageError('give --workdir and --output')
+  try:
+    trained = inference.load(f.workdir)
+  except ValueError as e:
+    cli.fail(str(e))
+  except inference.checkpoint_lib.CheckpointError as e:
+    raise SystemExit(f'error: {e}') from None
   kernel = np.asarray(jax.device_get(trained.net.layer('conv1').kernel[...]))
   Image.fromarray(kernel_grid(kernel, zoom=f.zoom)).save(f.output)
   print(f'{kernel.shape[0]} x {kernel.shape[-1]} conv1 kernels of {trained.source} -> '
@@ -43,4 +51,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -102,20 +102,27 @@ def run_config(base_json: str, ablation: str, seed: int) -> ml_collections.Confi
 
 
 def validate(base_json: str, ablations, seeds: int) -> None:
-  """Builds and checks every run's config (net, optimizer, batch over the mesh) before any
-  run starts: one line on stderr and exit 2 for the first that cannot work."""
-  from alexnet_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  """Builds and checks every run's config (net, optimizer, batch over the mesh, fitted to
+  its data) and opens the data, before any run starts or any folder is made: one line on
+  stderr and exit 2 for the first that cannot work."""
+  from alexnet_jax import datasets, train  # pylint: disable=g-import-not-at-top
+  opened = set()
   for a in ablations:
     for s in range(seeds):
-      config = run_config(base_json, a, s)
       try:
-        train.check_config(config, sharding.make_mesh(config.model.towers))
+        config, _ = train.checked(run_config(base_json, a, s))
+        data = config.data.to_json()
+        if data not in opened:  # The ablations share their data but for its augmentation.
+          for split in (config.data.train_split, config.data.eval_split):
+            datasets.open_source(config.data, split)
+          opened.add(data)
       except ValueError as e:
         cli.fail(f'sweep: ablation {a}: {e}')
 
 
 def run_one(base_json: str, ablation: str, seed: int, workdir: str) -> dict:
-  """Trains one run (or finds it done); returns its final metrics."""
+  """Trains one run (or finds it done); returns its final metrics. What it prints, its own
+  events included, goes to WORKDIR/log.txt; libraries log nothing."""
   done = os.path.join(workdir, 'final_metrics.json')
   if os.path.exists(done):
     with open(done) as f:
@@ -124,7 +131,8 @@ def run_one(base_json: str, ablation: str, seed: int, workdir: str) -> dict:
   config = run_config(base_json, ablation, seed)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'log.txt'), 'a') as log, \
-      contextlib.redirect_stdout(log):
+      contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    cli.setup_logging()  # In a worker process too (its events go to stderr: the log).
     return train.train_and_evaluate(config, workdir)
 
 
@@ -279,4 +287,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -43,3 +43,31 @@ def trained_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('trained_run')
   config = helpers.train_config(steps_per_epoch=20, batch_size=32, **{'optim.base_lr': 0.05})
   return workdir, train.train_and_evaluate(config, str(workdir))
+
+
+@pytest.fixture(scope='session')
+def small_photos(tmp_path_factory):
+  """root/{train,val}/{cat,coffee,space}/*.jpg: 40-pixel photos, as users' own photos are
+  small, 5 of each class to train on and among them one file that does not decode."""
+  root = helpers.make_folder(tmp_path_factory.mktemp('small_photos') / 'photos', side=40,
+                             train=5, val=2)
+  (root / 'train' / 'cat' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a JPEG' * 4)
+  return root
+
+
+@pytest.fixture(scope='session')
+def other_small_photos(tmp_path_factory):
+  """Like `small_photos`, of other classes (astronaut, cells, galaxy), all readable."""
+  return helpers.make_folder(tmp_path_factory.mktemp('other_photos') / 'photos', side=40,
+                             train=4, val=2, sources=helpers.other_photos())
+
+
+@pytest.fixture(scope='session')
+def small_photo_run(tmp_path_factory, small_photos):
+  """(workdir, final metrics) of configs/folder.py:small on `small_photos` (at 1/8 width),
+  11 epochs of 4 steps: more epochs than the 10 after which one bad file once stopped a run."""
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('small_photo_run')
+  config = helpers.load_config('folder.py:small', f'data.path={small_photos}', 'num_epochs=11',
+                               'batch_size=4', 'progress=False', 'model.width=0.125')
+  return workdir, train.train_and_evaluate(config, str(workdir))

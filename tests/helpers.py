@@ -136,18 +136,30 @@ def grey16_png(array: np.ndarray) -> bytes:
 FOLDER_CLASSES = ('cat', 'coffee', 'space')
 
 
-def make_folder(root: Path) -> Path:
-  """root/{train,val}/{cat,coffee,space}/*.jpg from real photos, crops and flips of them."""
-  p = photos()
-  sources = dict(zip(FOLDER_CLASSES, (p['chelsea'], p['coffee'], p['rocket'])))
-  for split, count in (('train', 6), ('val', 2)):
+def other_photos() -> dict[str, np.ndarray]:
+  """Photos of three other things than `photos()` shows (for a model of other classes)."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  return {'astronaut': skimage.data.astronaut(), 'cells': skimage.data.immunohistochemistry(),
+          'galaxy': skimage.data.hubble_deep_field()}
+
+
+def make_folder(root: Path, *, side: int | None = None, train: int = 6, val: int = 2,
+                sources: dict[str, np.ndarray] | None = None) -> Path:
+  """root/{train,val}/{cat,coffee,space}/*.jpg from real photos, crops and flips of them;
+  `side`: each shrunk to side x side, as small photos are; `sources`: other classes."""
+  if sources is None:
+    p = photos()
+    sources = dict(zip(FOLDER_CLASSES, (p['chelsea'], p['coffee'], p['rocket'])))
+  for split, count in (('train', train), ('val', val)):
     for c, photo in sources.items():
       os.makedirs(root / split / c)
       for i in range(count):
         h, w = photo.shape[:2]
         view = photo[i * 7:h - i * 5, i * 11:w - i * 3]
-        view = view[:, ::-1] if i % 2 else view
-        (root / split / c / f'{c}_{i}.jpg').write_bytes(jpeg(np.ascontiguousarray(view)))
+        view = np.ascontiguousarray(view[:, ::-1] if i % 2 else view)
+        if side:
+          view = np.asarray(Image.fromarray(view).resize((side, side), Image.BILINEAR))
+        (root / split / c / f'{c}_{i}.jpg').write_bytes(jpeg(view))
   return root
 
 
@@ -260,6 +272,17 @@ def train_steps_logged(workdir) -> list[int]:
 
 
 # ---- Subprocesses --------------------------------------------------------------------------
+
+# A line a library logs: absl's format (W1207 12:00:00.123 ...), Python logging's default
+# (WARNING:absl:...), a Python warning (...: UserWarning: ...), or a traceback.
+_LIBRARY_LINE = re.compile(r'^([IWEF]\d{4} \d\d:\d\d|(DEBUG|INFO|WARNING|ERROR|CRITICAL):\S+:'
+                           r'|.*\b\w*Warning: |Traceback )')
+
+
+def library_lines(output: str) -> list[str]:
+  """The lines of a command's output that a library, not the project, wrote."""
+  return [l for l in output.replace('\r', '\n').splitlines() if _LIBRARY_LINE.match(l)]
+
 
 
 def python_env(**extra: str) -> dict[str, str]:

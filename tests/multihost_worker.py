@@ -8,8 +8,6 @@ import json
 import os
 import threading
 
-from absl import app
-
 from alexnet_jax import cli
 from alexnet_jax import input_pipeline
 from alexnet_jax import main
@@ -30,4 +28,4 @@ def record_reads(path: str) -> None:
 
 if __name__ == '__main__':
   record_reads(os.environ['READS_PATH'])
-  app.run(main.main, flags_parser=cli.parse_flags)
+  cli.run(main.main)

@@ -1,6 +1,7 @@
 """evaluate: the paper's table (1 and 10 views) for one model or an ensemble, and its command
 line."""
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -53,6 +54,57 @@ def test_ensemble_averages_the_models_softmax(trained_run):
   assert len(result['models']) == 2
 
 
+def on_photos(run, path):
+  """The model of `run`, to be evaluated on the photos at `path` (--config with a folder)."""
+  return inference.load(str(run), config=helpers.load_config('folder.py:small',
+                                                             f'data.path={path}'))
+
+
+def test_evaluate_refuses_other_classes_and_matches_a_subset_by_name(
+    small_photo_run, other_small_photos, small_photos, tmp_path, caplog):
+  run = small_photo_run[0]
+  with pytest.raises(ValueError, match=r"^evaluate: the data's classes \(astronaut, cells, "
+                     r"galaxy\) are not the model's \(cat, coffee, space\): it has no "
+                     r'astronaut, cells, galaxy; evaluate on images of its classes$'):
+    evaluate.evaluate([on_photos(run, other_small_photos)], progress=False)
+  two = shutil.copytree(small_photos, tmp_path / 'two')  # cat and space, not coffee.
+  for split in ('train', 'val'):
+    shutil.rmtree(two / split / 'coffee')
+  caplog.set_level('INFO', logger='alexnet_jax')
+  subset = evaluate.evaluate([on_photos(run, two)], progress=False)
+  assert "evaluate: the data's 2 classes matched by name to 3 of the model's" in caplog.messages
+  whole = evaluate.evaluate([inference.load(str(run))], progress=False)
+  assert subset['examples'] == 4 and whole['examples'] == 6
+  # Every space photo, the second class of two, is what the model calls space, its third.
+  assert subset['1view']['top1_error'] <= whole['1view']['top1_error'] * 6 / 4
+
+
+def test_split_names_and_defaults_are_those_of_training(small_photo_run, small_photos,
+                                                        tmp_path):
+  """`val` as the folder names it; the default is the split training evaluated, and on other
+  data, as training chooses it (a folder with test/ alone evaluates test/)."""
+  run = small_photo_run[0]
+  assert evaluate.evaluate([inference.load(str(run))], split='val',
+                           progress=False)['split'] == 'validation'
+  test_only = shutil.copytree(small_photos, tmp_path / 'test_only')
+  (test_only / 'val').rename(test_only / 'test')
+  assert evaluate.evaluate([on_photos(run, test_only)], progress=False)['split'] == 'test'
+  with pytest.raises(datasets.DataError, match=r"^--split: '.*' has no split 'validation'; "
+                     r'it has test, train$'):
+    evaluate.evaluate([on_photos(run, test_only)], split='val', progress=False)
+
+
+def test_the_table_shows_the_papers_rows_for_imagenet_and_top5_past_five_classes():
+  result = {'models': ['a'], '1view': {'top1_error': 0.5, 'top5_error': 0.0},
+            '10view': {'top1_error': 0.25, 'top5_error': 0.0}, 'classes': 3,
+            'imagenet': False}
+  assert evaluate.table(result) == ('| views | top-1 error (%) |\n|---|---|\n| 1 | 50.00 |\n'
+                                    '| 10 | 25.00 |')
+  imagenet = evaluate.table(dict(result, classes=1000, imagenet=True)).splitlines()
+  assert imagenet[0] == '| views | top-1 error (%) | top-5 error (%) |'
+  assert imagenet[-1] == '| 10 (paper, 1 CNN, ILSVRC-2012 val) | 40.7 | 18.2 |'
+
+
 @pytest.mark.slow
 def test_evaluate_command_prints_the_table_and_writes_json(trained_run, tmp_path):
   out = tmp_path / 'eval.json'
@@ -60,11 +112,13 @@ def test_evaluate_command_prints_the_table_and_writes_json(trained_run, tmp_path
                               f'--output={out}', '--noprogress')
   assert result.returncode == 0, result.stderr[-3000:]
   assert '| views | top-1 error (%) | top-5 error (%) |' in result.stdout
-  assert '| 10 (paper, 1 CNN, ILSVRC-2012 val) | 40.7 | 18.2 |' in result.stdout
+  assert 'ILSVRC' not in result.stdout  # The paper's rows are for ImageNet models.
+  assert not helpers.library_lines(result.stderr), result.stderr
   saved = json.load(open(out))
   assert saved['preprocessing'][0].startswith('data: shorter side to 36, central square')
   assert f'preprocessing of {saved["models"][0]}: {saved["preprocessing"][0]}' in result.stdout
   assert saved['1view']['top1_error'] == pytest.approx(trained_run[1]['1view_top1_error'])
   bad = helpers.run_python('-m', 'alexnet_jax.evaluate', f'--workdir={tmp_path}/nowhere')
-  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(
-      'error: checkpoint: ') and 'Traceback' not in bad.stderr
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+      f"error: checkpoint: '{tmp_path}/nowhere' is neither a work directory (with "
+      "checkpoints/) nor a checkpoint (checkpoints/STEP)"]

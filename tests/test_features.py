@@ -38,7 +38,7 @@ def test_features_command_line(trained_run, photo_folder, tmp_path):
   ok = helpers.run_python('-m', 'alexnet_jax.features', f'--workdir={trained_run[0]}',
                           f'--folder={photo_folder}', f'--output={out}',
                           f'--grid={tmp_path / "grid.png"}', '--queries=2', '--neighbours=3')
-  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert ok.returncode == 0 and not helpers.library_lines(ok.stderr), ok.stderr[-3000:]
   saved = np.load(out)
   paths = features.image_files(str(photo_folder))
   assert saved['paths'].tolist() == paths

@@ -2,20 +2,17 @@
 normalization on host and device, and grain batches that restart exactly, split over
 processes."""
 import json
-import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import config as config_lib
 from alexnet_jax import datasets
 from alexnet_jax import input_pipeline
 from alexnet_jax import preprocess
 from alexnet_jax import sharding
 import helpers
 from helpers import data_config
-import item_folder
 
 
 def coordinate_image(size):
@@ -203,76 +200,6 @@ def test_a_batch_holds_its_examples_augmented_as_the_seed_and_position_say():
     assert batch['flip'][row] == flip and batch['label'][row] == label
     np.testing.assert_array_equal(batch['lighting'][row], light)
   assert batch['flip'].any() and not batch['flip'].all() and batch['lighting'].std() > 0
-
-
-# ---- Fitting a config to your own images (data.fit) -----------------------------------------
-
-
-def own_images(path, recipe='small', **overrides):
-  return helpers.set_fields(helpers.load_config(f'folder.py:{recipe}',
-                                                f'data.path={path}'), overrides)
-
-
-def test_fit_takes_classes_sizes_split_and_batch_from_a_folder(tmp_path):
-  """Small images keep their side (the crop keeps the recipe's ratio 32/36); large ones are
-  read by the paper's rule; classes, the evaluation split and the batch come from the data."""
-  item_folder.build(str(tmp_path / 'items'), train=20, test=10)
-  mesh = sharding.make_mesh(2)
-  fitted = input_pipeline.fit_config(own_images(tmp_path / 'items'), mesh)
-  assert fitted.model.num_classes == 10 and fitted.data.eval_split == 'test'
-  assert (fitted.data.image_size, fitted.model.image_size) == (28, 25)
-  assert fitted.batch_size == 20 and fitted.model.conv1_stride == 1  # 32 capped at 20.
-  large = input_pipeline.fit_config(own_images(helpers.make_folder(tmp_path / 'photos')), mesh)
-  assert large.model.num_classes == 3 and large.data.eval_split == 'validation'
-  assert (large.data.image_size, large.model.image_size) == (256, 224)
-  assert (large.model.conv1_kernel, large.model.conv1_stride) == (11, 4)  # The paper's.
-  assert large.batch_size == 18
-  # A full-size recipe keeps its geometry exactly (torchvision's padding 2, Caffe's 227).
-  photos = tmp_path / 'photos'
-  for recipe in ('paper', 'owt', 'caffe'):
-    fitted = input_pipeline.fit_config(own_images(photos, recipe), mesh)
-    plain = own_images(photos, recipe)
-    assert fitted.model.num_classes == 3 and fitted.data.image_size == plain.data.image_size
-    assert {k: v for k, v in fitted.model.items() if k != 'num_classes'} == \
-        {k: v for k, v in plain.model.items() if k != 'num_classes'}, recipe
-
-
-def test_fit_keeps_the_evaluation_split_the_config_names(tmp_path):
-  """A folder with val/ and test/: the named split is evaluated, the default one where none
-  was named; a named split the folder lacks is one line, not a silent substitute."""
-  root = helpers.make_folder(tmp_path / 'photos')
-  shutil.copytree(root / 'val', root / 'test')
-  mesh = sharding.make_mesh(2)
-  assert config_lib.base_config().data.eval_split == input_pipeline.DEFAULT_EVAL_SPLIT
-  fit = lambda **fields: input_pipeline.fit_config(own_images(root, **fields), mesh)
-  assert fit().data.eval_split == 'validation'
-  assert fit(**{'data.eval_split': 'test'}).data.eval_split == 'test'
-  shutil.rmtree(root / 'val')
-  assert fit().data.eval_split == 'test'  # The default split is missing: the data's own.
-  with pytest.raises(datasets.DataError, match=r"^data.eval_split: '.*' has no split "
-                     r"'validation2'; it has test, train$"):
-    fit(**{'data.eval_split': 'validation2'})
-
-
-@pytest.mark.parametrize('damage,message', [
-    ('one_class', 'has one class \\(cat\\); a classifier needs two or more'),
-    ('empty_class', "class folder '.*/train/coffee' holds no images"),
-    ('no_eval_split', 'has no evaluation split: add validation/, val/ or test/ beside train/'),
-])
-def test_a_folder_that_cannot_be_learned_is_one_line(tmp_path, damage, message):
-  root = helpers.make_folder(tmp_path / 'photos')
-  if damage == 'one_class':
-    for split in ('train', 'val'):
-      for c in ('coffee', 'space'):
-        shutil.rmtree(root / split / c)
-  elif damage == 'empty_class':
-    for f in (root / 'train' / 'coffee').iterdir():
-      f.unlink()
-  else:
-    shutil.rmtree(root / 'val')
-  with pytest.raises(datasets.DataError, match=message) as e:
-    input_pipeline.fit_config(own_images(root), sharding.make_mesh(2))
-  assert '\n' not in str(e.value) and str(e.value).startswith('data.path: ')
 
 
 @pytest.mark.slow

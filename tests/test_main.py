@@ -54,7 +54,7 @@ def test_main_runs_the_default_job(tmp_path):
   # The terminal: no library's INFO line (absl's format: I1202 01:02:03.456 ...), the
   # project's events as plain lines: where the run is and what it trains, where it went.
   err = result.stderr.replace('\r', '\n')
-  assert not re.search(r'^[IW]\d{4} \d\d:\d\d', err, re.M), err[-2000:]
+  assert not helpers.library_lines(err), err[-2000:]
   assert f'training the small recipe in {tmp_path / "run"} on mesh' in err
   assert '1,796,458' in err  # The digits net's parameters, from the layer table.
   assert f'written to {tmp_path / "run"}: final_metrics.json, metrics.jsonl' in err
@@ -97,11 +97,30 @@ def test_main_reports_a_bad_config_in_one_line_with_exit_2(tmp_path, args, line)
 
 def test_the_cpu_recipe_for_your_own_images_runs_with_nothing_but_the_path(tmp_path):
   """configs/folder.py:small on a tiny 10-class folder of 28x28 photos: the classes, the size
-  and the batch come from the data (the full-size figure is in experiments/BENCHMARKS.md)."""
+  and the batch come from the data (the full-size figure is in experiments/BENCHMARKS.md),
+  and are said in one line. Ctrl-C to its process group, input worker included, saves a
+  checkpoint and stops in one line; the same command continues."""
   root = item_folder.build(str(tmp_path / 'items'), train=40, test=20)
-  result = helpers.run_python('-m', 'alexnet_jax.main', '--config=configs/folder.py:small',
-                              f'--config.data.path={root}', f'--workdir={tmp_path / "run"}')
-  assert result.returncode == 0, result.stderr[-3000:]
+  args = ('-m', 'alexnet_jax.main', '--config=configs/folder.py:small',
+          f'--config.data.path={root}', f'--workdir={tmp_path / "run"}')
+  proc = helpers.Process(*args, '--config.data.workers=1', log=tmp_path / 'interrupted.log',
+                         start_new_session=True)
+  wait_for(lambda: len(helpers.train_steps_logged(tmp_path / 'run')) >= 3, proc, 'step 3')
+  os.killpg(proc.pid, signal.SIGINT)
+  code, out = finish(proc)
+  lines = [l for l in out.replace('\r', '\n').splitlines() if l.strip() and '%|' not in l]
+  assert code == 130 and re.fullmatch(
+      r'stopped by SIGINT \(Ctrl-C\) at step (\d+) of 12, its checkpoint saved: run the '
+      r'same command again to continue', lines[-1]), out[-3000:]
+  assert not helpers.library_lines(out), out[-3000:]
+  assert (f'data: folder {root}: 10 classes (0, 1, 2, 3, 4, 5, ... (10 in all)); 40 train '
+          'and 20 test examples (evaluated); images read at 28x28, crops of 25; batch 32'
+          ) in lines
+  stopped = int(lines[-1].split()[6])
+  assert helpers.checkpoint_steps(tmp_path / 'run')[-1] == stopped
+  result = helpers.run_python(*args)
+  assert result.returncode == 0 and f'resumed from step {stopped}' in result.stderr, \
+      result.stderr[-3000:]
   final = json.load(open(tmp_path / 'run' / 'final_metrics.json'))
   assert final['step'] == 12 and 0 <= final['10view_top1_error'] <= 1  # 12 epochs of 1 step.
   trained = inference.load(str(tmp_path / 'run'))
@@ -206,6 +225,8 @@ def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tmp_path, uninterrupte
   code, out = finish(proc)
   assert code == 75, out[-3000:]
   steps, meta = helpers.last_checkpoint_meta(tmp_path)
+  assert (f'stopped by SIGTERM at step {steps[-1]} of {STEPS_PER_EPOCH * EPOCHS}, its '
+          'checkpoint saved: run the same command again to continue') in out.splitlines()
   assert 0 < steps[-1] < STEPS_PER_EPOCH * EPOCHS and meta['data']['step'] == steps[-1]
   # Resumed without input workers: batches depend on the step alone, not on the worker count.
   code, out = finish(start(tmp_path, f'--config.num_epochs={EPOCHS}'))

@@ -42,3 +42,13 @@ def test_tags_are_grouped():
       'train_loss', 'val_top1_error', 'final_1view_top5_error', 'lr', 'images_per_s',
       'data/bad_examples')] == ['train/loss', 'val/top1_error', 'final/1view_top5_error',
                                 'train/lr', 'train/images_per_s', 'data/bad_examples']
+
+
+def test_the_progress_bar_shows_the_newest_validation_error_at_once(capsys):
+  """The last epoch's evaluation comes after its last step: the bar shows it, not the one
+  before."""
+  progress = writers.Progress(total=4)
+  progress.update(4, {'loss': 0.5, 'top1_error': 0.25})
+  progress.show_eval({'top1_error': 0.125})
+  progress.close()
+  assert 'val_err=0.125' in capsys.readouterr().err.replace('\r', '\n').splitlines()[-1]
