@@ -329,6 +329,9 @@ class Trainer:
                                                   keep=config.checkpoint.keep)
     try:
       restored = self._restore(state, data.stats.classes)
+      if restored is None and config.transfer.source:
+        params, pretrained = transfer.pretrained_params(config, state.params, mesh)
+        state = state.replace(params=params)
     except BaseException:
       self.checkpoints.close()
       raise
@@ -349,9 +352,6 @@ class Trainer:
         self.finished = json.load(f)
       return
     self.reevaluating = finished  # The final evaluation again, its records replaced.
-    if restored is None and config.transfer.source:
-      params, pretrained = transfer.pretrained_params(config, state.params, mesh)
-      state = state.replace(params=params)
     if self.main_process and self.reevaluating:
       log.info('evaluating %s again at step %d: its final records are replaced', workdir,
                int(restored[0].step))
@@ -413,7 +413,7 @@ class Trainer:
     self.last_eval = (None, None)  # (step, 1-view results) of the newest evaluation.
 
   def _restore(self, state, classes):
-    """(state, meta) of the newest good checkpoint, None for a fresh run; one line if the
+    """(state, meta) of the newest good checkpoint, or None (a fresh run); one line if the
     checkpoints cannot be resumed with this config and data."""
     check_resumable(self.config, self.checkpoints, state, classes)
     restored = self.checkpoints.restore_latest(state)
