@@ -14,11 +14,14 @@ metrics one step late, which bounds it the same way.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alexnet_jax import backends
 from alexnet_jax import input_pipeline
 from alexnet_jax import preprocess
 from alexnet_jax import sharding
@@ -62,18 +65,19 @@ def view_probabilities(net, images_u8, preprocessing, arrays, *, views: int):
 
 
 def probabilities_fn(net, preprocessing, views: int, *, average: bool = True):
-  """A jitted uint8 batch -> class probabilities, averaged over `views` (1: the images are
-  center crops; 10: whole canvases), or per view (B, views, classes)."""
+  """A uint8 batch -> class probabilities, averaged over `views` (1: the images are center
+  crops; 10: whole canvases), or per view (B, views, classes): a jitted program with the
+  net's parameters bound (`.func` is the program, `.args` what is bound)."""
   graphdef, params = nnx.split(net, nnx.Param)
   arrays = replicated(preprocessing.arrays(), net.mesh)
   probabilities = view_probabilities if average else per_view_probabilities
 
-  @sharding.jit
-  def fn(params, images_u8, arrays):
+  @backends.jit
+  def fn(params, arrays, images_u8):
     return probabilities(nnx.merge(graphdef, params), images_u8, preprocessing, arrays,
                          views=views)
 
-  return lambda images_u8: fn(params, images_u8, arrays)
+  return functools.partial(fn, params, arrays)
 
 
 def replicated(tree, mesh):
@@ -94,7 +98,7 @@ def make_eval_step(graphdef, *, num_classes: int, preprocessing, views: int):
   its valid examples, with 1 or 10 views: one compiled program per batch. `arrays` are
   `preprocessing.arrays()` on the mesh."""
 
-  @sharding.jit
+  @backends.jit
   def eval_step(totals, params, batch, arrays):
     probs = view_probabilities(nnx.merge(graphdef, params), batch['image'], preprocessing,
                                arrays, views=views)

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from alexnet_jax import backends
 from alexnet_jax import cli
 from alexnet_jax import images
 from alexnet_jax import inference
@@ -50,7 +51,7 @@ def extract(trained: inference.Trained, paths: list[str], *, point: str = 'fc7',
   graphdef, params = nnx.split(trained.net, nnx.Param)
   arrays = evaluation.replicated(record.arrays(), mesh)
 
-  @sharding.jit
+  @backends.jit
   def fn(params, crops_u8, arrays):
     x = preprocess.normalize(crops_u8, record, arrays)
     out = nnx.merge(graphdef, params).features(x, point)

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from alexnet_jax import backends
 from alexnet_jax import config as config_lib
 from alexnet_jax import ops
 from alexnet_jax import recipes
@@ -293,23 +294,25 @@ def _concat_towers(hs: list[jax.Array], reader: str, *, replicated: bool = False
 FEATURES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7', 'logits')
 
 
-def forward_towers(spec: ModelSpec, params: dict[str, tuple[jax.Array, jax.Array]],
-                   images: jax.Array, masks: dict[str, jax.Array], *, train: bool,
+def forward_towers(spec: ModelSpec, kernels: ops.Kernels,
+                   params: dict[str, tuple[jax.Array, jax.Array]], images: jax.Array,
+                   masks: dict[str, jax.Array], *, train: bool,
                    stop_at: str = 'logits') -> jax.Array:
-  """The forward pass over the towers held by this device, up to the point `stop_at`.
+  """The forward pass over the towers held by this device, up to the point `stop_at`, its
+  convolutions and fully connected products computed by `kernels`.
 
   params: layer -> (kernel (stacks_local, ...), bias (stacks_local, out));
   images: (B_local, H, W, 3); masks: site -> (B_local, towers_local, ...) keep-masks.
   Returns (B_local, classes held here) logits, or at another point every tower's
   activations concatenated tower-major on the last axis.
   """
-  for name, h in _tower_stages(spec, params, images, masks, train=train):
+  for name, h in _tower_stages(spec, kernels, params, images, masks, train=train):
     if name == stop_at:
       return h if name == 'logits' else _concat_towers(h, 'features', replicated=True)
   raise ValueError(f'features: unknown point {stop_at!r}; choose one of {FEATURES}')
 
 
-def _tower_stages(spec, params, images, masks, *, train):
+def _tower_stages(spec, kernels, params, images, masks, *, train):
   """Yields (point, activations): a list over local towers, or the logits array at the end."""
   dtype = DTYPES[spec.compute_dtype]
   act = jax.nn.relu if spec.activation == 'relu' else jnp.tanh
@@ -345,7 +348,8 @@ def _tower_stages(spec, params, images, masks, *, train):
   def conv_layer(layer, inputs, stride=1):
     kernel, bias = weights(layer)
     padding = spec.conv_pads(layer)
-    return [ops.conv(h, kernel[t], stride, padding) + bias[t] for t, h in enumerate(inputs)]
+    return [kernels.conv(h, kernel[t], stride, padding) + bias[t]
+            for t, h in enumerate(inputs)]
 
   def dense_layer(layer, inputs):
     """All local towers' `layer` as one batched matmul over the stacked kernel: slicing a
@@ -356,7 +360,7 @@ def _tower_stages(spec, params, images, masks, *, train):
     # Accumulated in float32 whatever the compute dtype: XLA:CPU's bfloat16 x bfloat16 ->
     # bfloat16 product takes a slow path (fc6: 46 ms against 27 ms accumulating in float32,
     # and 14 ms all in float32; experiments/BENCHMARKS.md), and a long sum loses bits in bf16.
-    out = ops.dense(flat, kernel)
+    out = kernels.dense(flat, kernel)
     return list(out.astype(kernel.dtype) + bias[:, None, :])
 
   def pool(hs):
@@ -470,14 +474,18 @@ class AlexNet(nnx.Module):
 
   `model(images_NHWC)` returns logits (B, num_classes); with `train=True` pass
   `dropout_key`. Images are float, mean-subtracted, batch divisible by the mesh's data axis.
+  `kernels` compute its convolutions and products: by default those of the mesh's platform
+  (backends.kernels_for).
   """
 
-  def __init__(self, spec: ModelSpec, *, mesh: Mesh, key: jax.Array):
+  def __init__(self, spec: ModelSpec, *, mesh: Mesh, key: jax.Array,
+               kernels: ops.Kernels | None = None):
     if spec.towers == 1 and sharding.tower_size(mesh) != 1:
       raise ValueError('mesh: this net has one tower; build the mesh with '
                        'sharding.make_mesh(towers=1)')
     self.spec = spec
     self.mesh = mesh
+    self.kernels = kernels or backends.kernels_for(mesh)
     for layer, (kernel, bias) in initial_params(spec, key).items():
       setattr(self, layer, TowerLayer(kernel, bias, mesh))
 
@@ -493,7 +501,7 @@ class AlexNet(nnx.Module):
       raise ValueError('model(train=True) needs dropout_key')
     if train:  # On the mesh, so the masks are drawn there, shard by shard.
       dropout_key = jax.device_put(dropout_key, sharding.named(self.mesh, sharding.REPLICATED))
-    return _apply(self.spec, self.mesh, 'logits', self._params(), images_NHWC,
+    return _apply(self.spec, self.mesh, self.kernels, 'logits', self._params(), images_NHWC,
                   dropout_key if train else None)
 
   def features(self, images_NHWC: jax.Array, point: str = 'fc7') -> jax.Array:
@@ -503,7 +511,8 @@ class AlexNet(nnx.Module):
       raise ValueError(f'features: unknown point {point!r} for this net; choose one of '
                        f'{tuple(p for p in FEATURES if p not in LAYERS or p in self.spec.layers)}')
     self._check_images(images_NHWC)
-    return _apply(self.spec, self.mesh, point, self._params(), images_NHWC, None)
+    return _apply(self.spec, self.mesh, self.kernels, point, self._params(), images_NHWC,
+                  None)
 
   def _params(self):
     return {l: (self.layer(l).kernel[...], self.layer(l).bias[...]) for l in self.spec.layers}
@@ -519,8 +528,9 @@ class AlexNet(nnx.Module):
                        f'({sharding.data_size(mesh)})')
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _apply(spec: ModelSpec, mesh: Mesh, stop_at: str, params, images_NHWC, dropout_key):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _apply(spec: ModelSpec, mesh: Mesh, kernels: ops.Kernels, stop_at: str, params,
+           images_NHWC, dropout_key):
   """The shard_mapped forward pass; jitted so that eager calls compile once."""
   # shard_map takes every array without the mesh axes of size 1 (sharding.manual_spec): on
   # one device the forward pass and its gradient then hold no collective at all.
@@ -540,7 +550,8 @@ def _apply(spec: ModelSpec, mesh: Mesh, stop_at: str, params, images_NHWC, dropo
   split_logits = stop_at == 'logits' and spec.stacks('fc8') > 1
   out_spec = sharding.BATCH_BY_TOWER if split_logits else sharding.BATCH
   fn = jax.shard_map(
-      functools.partial(forward_towers, spec, train=dropout_key is not None, stop_at=stop_at),
+      functools.partial(forward_towers, spec, kernels, train=dropout_key is not None,
+                        stop_at=stop_at),
       mesh=mesh,
       in_specs=({l: (manual(p),) * 2 for l, p in param_specs.items()}, manual(sharding.BATCH),
                 {k: manual(sharding.BATCH_BY_TOWER) for k in masks}),
@@ -550,29 +561,33 @@ def _apply(spec: ModelSpec, mesh: Mesh, stop_at: str, params, images_NHWC, dropo
   return jax.sharding.reshard(out, sharding.named(mesh, out_spec))
 
 
-def create_model(model_config: Any = None, *, mesh: Mesh | None = None, seed: int = 0) -> AlexNet:
+def create_model(model_config: Any = None, *, mesh: Mesh | None = None, seed: int = 0,
+                 kernels: ops.Kernels | None = None) -> AlexNet:
   """The model described by `model_config`: a recipe's name (recipes.py), or a `model`
   section as a ConfigDict, dict or ModelSpec.
 
   Parameters are created already placed: tower weights on their towers' devices of `mesh`.
   Without a mesh, one device holds and runs both towers. The same seed gives the same
-  weights on every mesh.
+  weights on every mesh. `kernels`: by default the mesh's platform's (backends.kernels_for),
+  chosen here, before anything is traced.
   """
   if model_config is None or isinstance(model_config, str):
     model_config = recipes.model_config(model_config or 'paper')
   spec = ModelSpec.from_config(model_config)
   if mesh is None:
     mesh = sharding.single_device_mesh()
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: AlexNet(spec, mesh=mesh, key=jax.random.key(0))))
+  kernels = kernels or backends.kernels_for(mesh)
+  graphdef = nnx.graphdef(nnx.eval_shape(
+      lambda: AlexNet(spec, mesh=mesh, key=jax.random.key(0), kernels=kernels)))
   with jax.set_mesh(mesh):
-    params = _init_params(spec, mesh, jax.random.key(seed))
+    params = _init_params(spec, mesh, kernels, jax.random.key(seed))
   return nnx.merge(graphdef, params)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_params(spec: ModelSpec, mesh: Mesh, key: jax.Array):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _init_params(spec: ModelSpec, mesh: Mesh, kernels: ops.Kernels, key: jax.Array):
   """One compiled program (per spec and mesh) draws every parameter straight into its shards."""
-  return nnx.state(AlexNet(spec, mesh=mesh, key=key))
+  return nnx.state(AlexNet(spec, mesh=mesh, key=key, kernels=kernels))
 
 
 def summary(model: AlexNet) -> str:

@@ -10,13 +10,8 @@ Layout:
   * activations and labels are sharded over ``data`` along the batch;
   * on a mesh whose ``tower`` axis has size 1 every device holds both towers and runs them
     one after the other, with the very same code.
-
-Programs are compiled through :func:`jit`, which adds this project's compiler options for
-the backend they run on.
 """
 from __future__ import annotations
-
-import os
 
 import jax
 import numpy as np
@@ -137,26 +132,17 @@ def tower_index(local: int) -> jax.Array:
   return jax.lax.axis_index(TOWER) * local
 
 
+def sum_to_axes_of(grad: jax.Array, primal: jax.Array) -> jax.Array:
+  """Inside shard_map: `grad` summed over the mesh axes it varies along but `primal` does
+  not, as autodiff does for a gradient written by hand: a kernel replicated over the data
+  axis gets the sum of every batch shard's gradient, an input every tower shares (conv1's
+  image, a gathered cross-tower input) the sum of every tower's."""
+  extra = tuple(sorted(varying_axes(grad) - varying_axes(primal)))
+  return jax.lax.psum(grad, extra) if extra else grad
+
+
 def varying_axes(x) -> frozenset:
   """Inside shard_map: the mesh axes `x` varies along (`aval.vma` in older JAX versions)."""
   aval = jax.typeof(x)
   mat = getattr(aval, 'manual_axis_type', None)
   return frozenset(mat.varying if mat is not None else getattr(aval, 'vma', ()))
-
-
-def compiler_options() -> dict[str, int] | None:
-  """XLA:CPU compiles at LLVM -O1 instead of -O2: the train step of the small net compiles in
-  3.0 s instead of 4.7, the paper net's in 7.0 s instead of 7.7, and both run at the same
-  rate (experiments/BENCHMARKS.md), since their heavy work is oneDNN's and Eigen's
-  precompiled kernels. An optimization level set in XLA_FLAGS, and every other backend, keep
-  their own."""
-  if (jax.default_backend() == 'cpu' and
-      'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', '')):
-    return {'xla_backend_optimization_level': 1}
-  return None
-
-
-def jit(fun, **kwargs):
-  """`jax.jit` with `compiler_options()`. Call it once the backends may start (in a function,
-  not at import: a multi-process run starts jax.distributed first)."""
-  return jax.jit(fun, compiler_options=compiler_options(), **kwargs)

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from alexnet_jax import backends
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import distributed
 from alexnet_jax import evaluation
@@ -112,7 +113,7 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int,
           rows, jax.sharding.NamedSharding(jax.typeof(rows).sharding.mesh, sharding.REPLICATED))
     return new_state, metrics
 
-  return sharding.jit(step_fn, donate_argnums=0)
+  return backends.jit(step_fn, donate_argnums=0)
 
 
 # ---- Config checks ----------------------------------------------------------------------------

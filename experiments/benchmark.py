@@ -18,6 +18,10 @@ paper's two-tower net, torchvision's single-tower `owt` net, or the embedded def
   inference  softmax of a batch in evaluation mode (ours: the evaluation's jitted function
              from uint8; PyTorch: `inference_mode`, from float).
 
+Ours computes with the kernels a model on this machine gets (alexnet_jax/backends: on a CPU,
+oneDNN's convolutions where requirements-cpu.txt is installed); `ALEXNET_JAX_ONEDNN=0` in the
+environment measures the portable core alone. The table's notes say which.
+
 With --dtype=bfloat16 ours computes in bfloat16 (float32 parameters, optimizer state, loss
 and softmax) and PyTorch runs its float32 net under `torch.autocast('cpu', torch.bfloat16)`,
 its own mixed-precision recipe.
@@ -115,9 +119,8 @@ def jax_worker(name: str, batch: int, steps: int, dtype: str) -> dict:
   float_batch = dict(u8_batch, image=put(preprocess.normalize(
       np.asarray(u8), record, record.arrays(), lighting=np.asarray(u8_batch['lighting']),
       flip=np.asarray(u8_batch['flip']), train=True)))
-  from alexnet_jax import onednn  # pylint: disable=g-import-not-at-top
   result = {'peak_flops': None, 'device': device.device_kind, 'platform': device.platform,
-            'onednn': device.platform == 'cpu' and onednn.supports(dtype)}
+            'kernels': net.kernels.name}
   graphdef, state, tx = train.init_state(net, optim_cfg)
   with jax.set_mesh(mesh):
     steps_of = {normalized: train.make_train_step(graphdef, tx, seed=0, num_classes=classes,
@@ -314,10 +317,8 @@ def main():
   results = measure(models, batches, frameworks, args.repeats, args.steps, args.dtype)
   text = table(results, models, batches)
   ours = next((r for key, r in results.items() if key[2] == 'jax'), {})
-  convolutions = ('oneDNN\'s through the FFI (alexnet_jax/onednn.py)' if ours.get('onednn')
-                  else 'XLA\'s own')
   notes = [f'ours: JAX on {ours.get("platform", "?")} ({ours.get("device", "?")}), '
-           f'compute dtype {args.dtype}, convolutions {convolutions}'] if ours else []
+           f'compute dtype {args.dtype}, kernels {ours.get("kernels", "?")}'] if ours else []
   formats = [f'{name}@{batch} {r.get("memory_format")}'
              for (name, batch, f), r in results.items() if f == 'torch']
   if formats:

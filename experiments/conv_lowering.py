@@ -6,17 +6,18 @@
 For every conv layer of each net (one tower's shapes: the paper's net runs each layer twice),
 at each batch and compute dtype, it times, jitted on this machine's default JAX backend:
 
-  forward    `lax.conv_general_dilated` against `ops.conv_matmul` (im2col, one product)
-             and `onednn.forward`;
-  input grad XLA's transposed convolution against `ops.input_grad_matmul` and
+  forward    `lax.conv_general_dilated` against `conv_matmul` (im2col, one product) and
+             the CPU backend's `onednn.forward`;
+  input grad XLA's transposed convolution against `input_grad_matmul` and
              `onednn.input_grad` (stride 1 only: conv1's input gradient is never needed in
              training);
-  kernel grad XLA's backward-filter convolution against `ops.kernel_grad_im2col` and
+  kernel grad XLA's backward-filter convolution against `kernel_grad_im2col` and
              `onednn.kernel_grad`.
 
 Medians of --repeats calls after two warm-up calls, all variants interleaved in one process so
-that they see the same machine state. This is how ops.py's size switches were chosen: the
-table says, per layer and dtype, which lowering is faster here. Prints a table (and writes it
+that they see the same machine state. The table says, per layer and dtype, which lowering is
+faster here: how the CPU backend's convolutions were chosen. The matrix-product lowerings
+below are this experiment's alone (tests/test_benchmark.py checks them against lax). Prints a table (and writes it
 to --output); with --record appends it to experiments/BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -35,11 +36,95 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from alexnet_jax import backends  # noqa: E402
 from alexnet_jax import model as model_lib  # noqa: E402
-from alexnet_jax import onednn  # noqa: E402
-from alexnet_jax import ops  # noqa: E402
 from alexnet_jax import recipes  # noqa: E402
 from records import markdown_table, record  # noqa: E402
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _blocks(x: jax.Array, padding: Padding, s: int, k: int, out_h: int, out_w: int):
+  """x zero-padded to the (out_h + k - 1) x (out_w + k - 1) blocks of s x s pixels that some
+  output reads (k = blocks per kernel side), each block's pixels on the channel axis (space
+  to depth, s*s*C channels, in (row, column, C) order)."""
+  (top, _), (left, _) = padding
+  b, h, w, c = x.shape
+  hq, wq = out_h + k - 1, out_w + k - 1
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, hq * s - h - top, 0),
+                                              (left, wq * s - w - left, 0), (0, 0, 0)))
+  if s > 1:
+    x = x.reshape(b, hq, s, wq, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hq, wq, s * s * c)
+  return x
+
+
+def kernel_grad_im2col(x: jax.Array, dy: jax.Array, *, size: int, stride: int,
+                       padding: Padding, dtype) -> jax.Array:
+  """d(loss)/d(kernel) (size, size, C, O) of a convolution as one matrix product.
+
+  A stride-s convolution is a stride-1 one over the input's s x s blocks (space to depth,
+  s*s*C channels) with a k x k kernel of blocks, k = ceil(size / s). Its kernel gradient
+  pairs the input under tap (a, d) with the output gradient, summed over the batch and the
+  output positions. Rather than copying the input k*k times (im2col), the input is shifted
+  along W (k copies: taps d) and the output gradient along H (k copies: taps a), so that
+  one (B*Hq*W', k*s*s*C)^T x (B*Hq*W', k*O) product gives every tap at once.
+  """
+  c = x.shape[-1]
+  _, out_h, out_w, out = dy.shape
+  s, k = stride, -(-size // stride)
+  x = _blocks(x, padding, s, k, out_h, out_w)
+  hq = out_h + k - 1
+  # patches[:, r, q, d] = block (r, q + d); shifted[:, r, q, a] = dy[:, r - a, q] (0 outside).
+  patches = jnp.concatenate([x[:, :, d:d + out_w] for d in range(k)], axis=-1)
+  dy = jnp.pad(dy, ((0, 0), (k - 1, k - 1), (0, 0), (0, 0)))
+  shifted = jnp.concatenate([dy[:, k - 1 - a:k - 1 - a + hq] for a in range(k)], axis=-1)
+  grad = jnp.matmul(patches.reshape(-1, patches.shape[-1]).T,
+                    shifted.reshape(-1, shifted.shape[-1]), preferred_element_type=jnp.float32)
+  # (d, row in block, column in block, C, a, O) -> kernel (a*s + row, d*s + column, C, O).
+  grad = grad.reshape(k, s, s, c, k, out).transpose(4, 1, 0, 2, 3, 5)
+  return grad.reshape(k * s, k * s, c, out)[:size, :size].astype(dtype)
+
+
+def conv_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """A convolution as one matrix product of the input's patches (im2col) with the kernel:
+  a stride-s convolution is a stride-1 one over the input's s x s blocks, the patches the
+  k*k shifted views of the blocks side by side on the channel axis. Accumulates in float32
+  and returns the input's dtype, as the convolution does."""
+  (top, bottom), (left, right) = padding
+  b, h, w, c = x.shape
+  size, _, _, out = kernel.shape
+  s, k = stride, -(-size // stride)
+  out_h, out_w = (h + top + bottom - size) // s + 1, (w + left + right - size) // s + 1
+  x = _blocks(x, padding, s, k, out_h, out_w)
+  patches = jnp.concatenate([x[:, a:a + out_h, d:d + out_w]
+                             for a in range(k) for d in range(k)], axis=-1)
+  # Kernel (a*s + row, d*s + column, C, O) -> rows in the patches' (a, d, row, column, C) order.
+  kernel = jnp.pad(kernel, ((0, k * s - size), (0, k * s - size), (0, 0), (0, 0)))
+  kernel = kernel.reshape(k, s, k, s, c, out).transpose(0, 2, 1, 3, 4, 5).reshape(-1, out)
+  y = jnp.matmul(patches.reshape(-1, patches.shape[-1]), kernel.astype(x.dtype),
+                 preferred_element_type=jnp.float32)
+  return y.reshape(b, out_h, out_w, out).astype(x.dtype)
+
+
+def input_grad_matmul(dy: jax.Array, kernel: jax.Array, input_shape: tuple[int, ...],
+                      padding: Padding) -> jax.Array:
+  """d(loss)/d(input) of a stride-1 convolution: the output gradient, padded, convolved with
+  the kernel flipped in space and transposed (in <-> out), by `conv_matmul`."""
+  size = kernel.shape[0]
+  h, w = input_shape[1:3]
+  pads = tuple((size - 1 - lo, n + size - 1 - dy.shape[axis] - (size - 1 - lo))
+               for axis, n, (lo, _) in ((1, h, padding[0]), (2, w, padding[1])))
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  return conv_matmul(dy, flipped, 1, pads)
+
+
+def onednn_module():
+  """The CPU backend's oneDNN calls where they are installed and load on this machine."""
+  if jax.default_backend() != 'cpu' or not backends.for_platforms(frozenset({'cpu'})).name \
+      .startswith('oneDNN'):
+    return None
+  from alexnet_jax.backends.cpu import onednn  # pylint: disable=g-import-not-at-top
+  return onednn
 
 
 def conv_layers(net: str, batch: int):
@@ -65,15 +150,16 @@ def variants(x, kernel, stride, padding):
   xla_dx = lambda x, k, dy: jax.vjp(lambda x: xla_conv(x, k, stride, padding), x)[1](dy)[0]
   xla_dk = lambda x, k, dy: jax.vjp(lambda k: xla_conv(x, k, stride, padding), k)[1](dy)[0]
   fns = {('forward', 'xla'): lambda x, k, dy: xla_conv(x, k, stride, padding),
-         ('forward', 'matmul'): lambda x, k, dy: ops.conv_matmul(x, k, stride, padding),
+         ('forward', 'matmul'): lambda x, k, dy: conv_matmul(x, k, stride, padding),
          ('kernel grad', 'xla'): xla_dk,
-         ('kernel grad', 'matmul'): lambda x, k, dy: ops.kernel_grad_im2col(
+         ('kernel grad', 'matmul'): lambda x, k, dy: kernel_grad_im2col(
              x, dy, size=k.shape[0], stride=stride, padding=padding, dtype=k.dtype)}
   if stride == 1:
     fns[('input grad', 'xla')] = xla_dx
-    fns[('input grad', 'matmul')] = lambda x, k, dy: ops.input_grad_matmul(dy, k, x.shape,
-                                                                           padding)
-  if onednn.supports(x.dtype):  # What ops.conv runs on CPU: oneDNN's kernels through the FFI.
+    fns[('input grad', 'matmul')] = lambda x, k, dy: input_grad_matmul(dy, k, x.shape,
+                                                                       padding)
+  onednn = onednn_module()
+  if onednn and onednn.supports(x.dtype):  # What the CPU backend's conv runs on oneDNN.
     fns[('forward', 'onednn')] = lambda x, k, dy: onednn.forward(x, k, stride, padding)
     fns[('kernel grad', 'onednn')] = lambda x, k, dy: onednn.kernel_grad(x, dy, k.shape,
                                                                         stride, padding)

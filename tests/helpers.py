@@ -14,9 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
+from flax import nnx
 from ml_collections import config_flags
 from PIL import Image
 
@@ -25,6 +28,7 @@ from alexnet_jax import checkpoint
 from alexnet_jax import config as config_lib
 from alexnet_jax import datasets
 from alexnet_jax import records
+from alexnet_jax import sharding
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,6 +101,41 @@ def data_config(**data_overrides):
 # Command-line flags of the same small run, for `python -m alexnet_jax.main`.
 MAIN_FLAGS = ('--config.progress=False', '--config.batch_size=16', '--config.model.width=0.125',
               '--config.optim.base_lr=0.02')
+
+def assert_close(got, want, scale=1.0):
+  """Equal up to float32 summation order: errors relative to the result's largest value."""
+  want = np.asarray(want)
+  np.testing.assert_allclose(got, want, rtol=1e-5 * scale,
+                             atol=2e-6 * scale * float(np.abs(want).max()))
+
+
+def conv_case(size: int, side: int, seed: int):
+  """(x (3, side, side, 5), kernel (size, size, 5, 7)), float32 normals."""
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=(3, side, side, 5)), jnp.float32),
+          jnp.asarray(rng.normal(size=(size, size, 5, 7)), jnp.float32))
+
+
+def mesh_gradients(config, devices, kernels=None):
+  """Gradients of a cross-entropy loss, train mode, on a (data, tower) mesh of `devices`."""
+  images = jax.random.normal(jax.random.key(1), (4, 63, 63, 3))
+  labels = jnp.arange(4) % 10
+  m = alexnet_jax.create_model(config, seed=3, mesh=sharding.make_mesh(2, devices=devices),
+                               kernels=kernels)
+  graphdef, state = nnx.split(m)
+
+  def loss(s):
+    logits = nnx.merge(graphdef, s)(images, train=True, dropout_key=jax.random.key(2))
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.sum(logp * jax.nn.one_hot(labels, 10), axis=-1))
+
+  return [np.asarray(g) for g in jax.tree.leaves(jax.jit(jax.grad(loss))(state))]
+
+
+def assert_gradients_close(grads_a, grads_b):
+  for a, b in zip(grads_a, grads_b):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
 
 # ---- Real images and files ------------------------------------------------------------------
 

@@ -9,10 +9,9 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
 import alexnet_jax
-from alexnet_jax import onednn
-from alexnet_jax import ops
 from alexnet_jax import sharding
 from alexnet_jax import weights
+import helpers
 from helpers import small_config
 import torch_reference
 
@@ -80,16 +79,6 @@ def test_make_mesh_shapes():
   assert all(t == jax.sharding.AxisType.Explicit for t in sharding.make_mesh(2).axis_types)
   with pytest.raises(ValueError, match='mesh: data=3'):
     sharding.make_mesh(2, data=3)
-
-
-def test_cpu_programs_compile_at_llvm_o1_unless_xla_flags_say_otherwise(monkeypatch):
-  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
-  assert sharding.compiler_options() == {'xla_backend_optimization_level': 1}
-  # This jaxlib takes the option (an unknown one fails to compile) and still computes.
-  double = sharding.jit(lambda x: x * 2)
-  assert double.lower(3.0).compile()(3.0) == 6.0
-  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=3')
-  assert sharding.compiler_options() is None
 
 
 def test_tower_weights_live_only_on_their_towers_devices():
@@ -227,56 +216,12 @@ def test_train_mode_is_the_same_on_every_mesh():
   np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
 
 
-def mesh_gradients(config, devices):
-  """Gradients of a cross-entropy loss, train mode, on a (data, tower) mesh of `devices`."""
-  images = jax.random.normal(jax.random.key(1), (4, 63, 63, 3))
-  labels = jnp.arange(4) % 10
-  m = alexnet_jax.create_model(config, seed=3, mesh=sharding.make_mesh(2, devices=devices))
-  graphdef, state = nnx.split(m)
-
-  def loss(s):
-    logits = nnx.merge(graphdef, s)(images, train=True, dropout_key=jax.random.key(2))
-    logp = jax.nn.log_softmax(logits)
-    return -jnp.mean(jnp.sum(logp * jax.nn.one_hot(labels, 10), axis=-1))
-
-  return [np.asarray(g) for g in jax.tree.leaves(jax.jit(jax.grad(loss))(state))]
-
-
-def assert_gradients_close(grads_a, grads_b):
-  for a, b in zip(grads_a, grads_b):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
-
-
 @pytest.mark.parametrize('variant', ['paper', 'cuda_convnet', 'caffe'])
 def test_gradients_are_the_same_on_every_mesh(variant):
   """The reduce-scatters (and the slice for a single fc8) transpose the gathers exactly."""
   config = small_config(variant)
-  assert_gradients_close(mesh_gradients(config, jax.devices()[:1]),
-                         mesh_gradients(config, jax.devices()))
-
-
-@pytest.mark.parametrize('path', ['onednn', 'im2col'])
-def test_cpu_convolution_gradients_sum_over_the_mesh_axes(path, monkeypatch):
-  """On CPU, float32 convs take their gradients from oneDNN, or without it large ones their
-  kernel gradient from `ops.kernel_grad_im2col`; on a 2 data x 2 tower mesh each must add
-  the data shards' kernel gradients, and the towers' gradients of an input they share
-  (conv1's image, conv3's gathered input), as XLA's own gradient does."""
-  config = small_config()
-
-  def gradients(use_onednn, im2col_min_flops):
-    monkeypatch.setattr(onednn, 'available', lambda: use_onednn)
-    monkeypatch.setattr(ops, 'IM2COL_MIN_FLOPS', im2col_min_flops)
-    jax.clear_caches()  # The choice is made when tracing.
-    return mesh_gradients(config, jax.devices())
-
-  try:
-    assert onednn.available(), 'oneDNN convolutions did not build (see alexnet_jax/onednn.py)'
-    xlas = gradients(False, float('inf'))
-    ours = gradients(True, float('inf')) if path == 'onednn' else gradients(False, 0)
-    assert_gradients_close(ours, xlas)
-  finally:
-    monkeypatch.undo()
-    jax.clear_caches()
+  helpers.assert_gradients_close(helpers.mesh_gradients(config, jax.devices()[:1]),
+                                 helpers.mesh_gradients(config, jax.devices()))
 
 
 def test_one_process_reads_every_row_of_the_batch():

@@ -1,12 +1,11 @@
 """oneDNN's convolutions on the CPU, called from XLA through the FFI.
 
-XLA:CPU's own convolution kernels run this net's layers 1.5-4x slower than oneDNN's (the
-library PyTorch uses on CPUs): per layer, forward, input gradient and kernel gradient
-(experiments/BENCHMARKS.md). `native/onednn_conv.cc` wraps oneDNN's three convolution
-primitives as XLA FFI handlers; this module compiles it once per machine, loads it and
-offers the three calls. `ops.conv` uses them on the CPU for float32, and for bfloat16 where
-this CPU has oneDNN kernels for it (`supports`), and keeps XLA's own convolutions
-everywhere else.
+`load()` compiles `onednn_conv.cc` once per machine (into $XDG_CACHE_HOME/alexnet_jax, by
+default ~/.cache/alexnet_jax, named by a hash of everything that goes into it; about 5 s),
+loads it and registers its three handlers with XLA:CPU. `conv` is `ops.conv` with them: on
+the CPU, float32 convolutions (and bfloat16 ones, on CPUs with oneDNN's bfloat16 kernels:
+AVX-512) and both their gradients run on oneDNN; in a program lowered for any other
+platform, and for other dtypes, XLA's own convolution.
 
 Contract of each call, as `jax.lax.conv_general_dilated` with NHWC x HWIO -> NHWC, a square
 `stride` and explicit ((top, bottom), (left, right)) zero padding; every operand float32, or
@@ -16,15 +15,7 @@ every operand bfloat16 (oneDNN accumulates in float32 and rounds the result once
   input_grad(dy, kernel, x_shape) -> d(sum(y * dy)) / dx
   kernel_grad(x, dy, kernel_shape) -> d(sum(y * dy)) / dkernel
 
-The results equal lax's up to the summation order (tests/test_ops.py).
-
-What it needs: the pip packages `onednn-cpu-gomp` (the library, with GNU OpenMP) and
-`onednn-devel-cpu-gomp` (its headers), both in requirements.txt for x86-64 Linux, and a C++
-compiler (`c++`, or $CXX). The library is built into $XDG_CACHE_HOME/alexnet_jax (by default
-~/.cache/alexnet_jax), named by a hash of everything that goes into it, in about 5 s on first
-use. Without any of these, `available()` is False, one line says why if the packages are
-there, and everything runs on XLA's convolutions. `ALEXNET_JAX_ONEDNN=0` turns it off (for
-A/B measurements).
+The results equal lax's up to the summation order (tests/test_cpu_backend.py).
 """
 from __future__ import annotations
 
@@ -32,7 +23,6 @@ import ctypes
 import functools
 import hashlib
 import importlib.metadata
-import logging
 import os
 import shutil
 import subprocess
@@ -41,19 +31,15 @@ import tempfile
 import jax
 import numpy as np
 
+from alexnet_jax import ops
 from alexnet_jax import sharding
+from alexnet_jax.backends.cpu import PACKAGES
+from alexnet_jax.backends.cpu import Unavailable
 
-log = logging.getLogger(__name__)
-
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'native', 'onednn_conv.cc')
-LIBRARY_PACKAGE, HEADERS_PACKAGE = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'onednn_conv.cc')
 _TARGETS = {'forward': 'AlexnetConvForward', 'input_grad': 'AlexnetConvInputGrad',
             'kernel_grad': 'AlexnetConvKernelGrad'}
-Padding = tuple[tuple[int, int], tuple[int, int]]
-
-
-class Unavailable(RuntimeError):
-  """Why the oneDNN path cannot be used here."""
+Padding = ops.Padding
 
 
 def _package_file(package: str, suffix: str) -> str:
@@ -74,15 +60,15 @@ def _cache_dir() -> str:
 
 
 def build() -> str:
-  """Compiles native/onednn_conv.cc against the installed oneDNN (once; cached by a hash of
-  the source, the headers' and library's paths, the compiler and jaxlib's version). Returns
-  the shared library's path, or raises Unavailable."""
-  library = _package_file(LIBRARY_PACKAGE, 'libdnnl.so.3')
-  header = _package_file(HEADERS_PACKAGE, 'include/oneapi/dnnl/dnnl.hpp')
+  """Compiles onednn_conv.cc against the installed oneDNN (once; cached by a hash of the
+  source, the headers' and library's paths, the compiler and jaxlib's version). Returns the
+  shared library's path, or raises Unavailable. A build that fails leaves nothing behind."""
+  library = _package_file(PACKAGES[0], 'libdnnl.so.3')
+  header = _package_file(PACKAGES[1], 'include/oneapi/dnnl/dnnl.hpp')
   include = os.path.dirname(os.path.dirname(os.path.dirname(header)))  # .../include
   compiler = os.environ.get('CXX') or shutil.which('c++') or shutil.which('g++')
   if not compiler:
-    raise Unavailable('no C++ compiler (c++, g++ or $CXX) to build it')
+    raise Unavailable('no C++ compiler (c++, g++ or $CXX) to build them')
   with open(SOURCE, 'rb') as f:
     source = f.read()
   key = hashlib.sha256(b'\0'.join([source, library.encode(), include.encode(),
@@ -114,46 +100,36 @@ def build() -> str:
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
-  """The built library, loaded and its handlers registered with XLA:CPU; None if it cannot
-  be (saying why in one line where it was meant to work)."""
-  if os.environ.get('ALEXNET_JAX_ONEDNN', '1') == '0':
-    return None
+def load() -> ctypes.CDLL:
+  """The built library, loaded and its handlers registered with XLA:CPU (Unavailable, in one
+  line, if it cannot be)."""
   # oneDNN's OpenMP threads share the cores with XLA's own thread pool. By default GNU
   # OpenMP keeps them spinning after each convolution, taking the cores from the XLA ops that
-  # follow (and from a second process, or PyTorch's own OpenMP threads, on the same cores):
-  # let them sleep instead, unless the user chose. Read when libgomp loads, just below.
+  # follow (and from another process on the same cores): let them sleep instead, unless the
+  # user chose. Read when libgomp loads, just below.
   os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
   try:
     library = ctypes.cdll.LoadLibrary(build())
-  except (Unavailable, OSError) as e:  # OSError: a compiler or library that does not run.
-    # Said only where it was meant to work: the packages are there, the build is not.
-    quiet = 'is not installed' in str(e)
-    (log.debug if quiet else log.warning)('oneDNN convolutions off (%s); using XLA:CPU\'s', e)
-    return None
+  except OSError as e:  # A compiler or a library that does not run.
+    raise Unavailable(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
   for target, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(f'alexnet_jax_conv_{target}',
                                 jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
   return library
 
 
-def available() -> bool:
-  """Whether the oneDNN convolutions are built, loaded and registered with XLA:CPU."""
-  return _library() is not None
-
-
 def supports(dtype) -> bool:
-  """Whether oneDNN's convolutions run in `dtype` on this CPU: float32 wherever they are
-  available; bfloat16 only on CPUs with AVX-512 or newer (not on AVX2 alone)."""
+  """Whether oneDNN's convolutions run in `dtype` on this CPU: float32 wherever they load;
+  bfloat16 only on CPUs with AVX-512 or newer (not on AVX2 alone)."""
   dtype = np.dtype(dtype)
   if dtype == np.float32:
-    return available()
-  return dtype == jax.numpy.bfloat16 and available() and _has_bfloat16_kernels()
+    return True
+  return dtype == jax.numpy.bfloat16 and _has_bfloat16_kernels()
 
 
 @functools.cache
 def _has_bfloat16_kernels() -> bool:
-  return bool(_library().AlexnetConvSupports(1))
+  return bool(load().AlexnetConvSupports(1))
 
 
 def _call(target: str, shape, stride: int, padding: Padding, *args):
@@ -188,3 +164,47 @@ def input_grad(dy: jax.Array, kernel: jax.Array, x_shape, stride: int,
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, stride: int,
                 padding: Padding) -> jax.Array:
   return _call('kernel_grad', kernel_shape, stride, padding, x, dy)
+
+
+# ---- ops.conv's contract, on oneDNN where the program runs on a CPU ----------------------------
+
+
+def _native(x, kernel) -> bool:
+  return x.dtype == kernel.dtype and supports(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """`ops.conv`, on oneDNN in CPU programs (float32, and bfloat16 where supported)."""
+  return _conv_forward(x, kernel, stride, padding)
+
+
+def _conv_forward(x, kernel, stride, padding):
+  portable = lambda x, kernel: ops.conv(x, kernel, stride, padding)
+  if not _native(x, kernel):
+    return portable(x, kernel)
+  return jax.lax.platform_dependent(
+      x, kernel, cpu=lambda x, kernel: forward(x, kernel, stride, padding), default=portable)
+
+
+def _conv_fwd(x, kernel, stride, padding):
+  return _conv_forward(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv_bwd(stride, padding, residuals, dy):
+  x, kernel = residuals
+  portable_dx = lambda dy, kernel: jax.vjp(
+      lambda x: ops.conv(x, kernel, stride, padding), x)[1](dy)[0]
+  portable_dk = lambda x, dy: jax.vjp(
+      lambda k: ops.conv(x, k, stride, padding), kernel)[1](dy)[0]
+  if not _native(x, kernel):
+    return portable_dx(dy, kernel), portable_dk(x, dy)
+  native_dx = lambda dy, kernel: sharding.sum_to_axes_of(
+      input_grad(dy, kernel, x.shape, stride, padding), x)
+  native_dk = lambda x, dy: sharding.sum_to_axes_of(
+      kernel_grad(x, dy, kernel.shape, stride, padding), kernel)
+  return (jax.lax.platform_dependent(dy, kernel, cpu=native_dx, default=portable_dx),
+          jax.lax.platform_dependent(x, dy, cpu=native_dk, default=portable_dk))
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)

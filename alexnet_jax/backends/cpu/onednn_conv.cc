@@ -1,23 +1,26 @@
 // 2-D convolutions on the CPU by oneDNN, as XLA FFI handlers: forward, input gradient and
 // kernel gradient of an NHWC x HWIO convolution in float32 or bfloat16 (all operands of one
-// type; oneDNN accumulates in float32) with a square stride and explicit zero padding. alexnet_jax/onednn.py compiles this file, registers the three handlers and
-// documents the contract; alexnet_jax/ops.py decides when they are used.
+// type; oneDNN accumulates in float32) with a square stride and explicit zero padding.
+// alexnet_jax/backends/cpu/onednn.py compiles this file, registers the three handlers and
+// documents the contract.
 //
 // Activations stay NHWC in XLA's buffers (oneDNN's `nhwc` tag reads them in place). Kernels
 // are HWIO in XLA and are reordered to and from the blocked layout oneDNN's kernel prefers,
-// which is small next to the convolution. Primitives are built once per shape and calling
-// thread, and kept: XLA runs each device's program on a thread of its own, and oneDNN 3.2's
-// gemm-based convolution (its choice on AVX2 CPUs for conv1's 3 input channels) crashed when
-// run from a thread other than the one that built it.
-// One convolution runs at a time: each already uses every core through OpenMP, and XLA may
-// call two at once (the two towers), which would put two thread teams on the same cores.
+// which is small next to the convolution.
+//
+// Threads: XLA runs each device's program on a thread of its own, and may call these from
+// several at once. oneDNN's contract for that: a primitive runs in the thread that built it
+// (its gemm-based convolution, its choice on AVX2 CPUs for conv1's 3 input channels, crashed
+// otherwise), and with the user-managed scratchpad mode a primitive's scratch memory is the
+// caller's, so executions in different threads never share one. Primitives (and their
+// scratchpads) are built once per shape and calling thread, and kept.
 
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -54,18 +57,40 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// Every primitive takes its scratch memory from the caller (see the threads note above).
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, g.x(),
-      g.kernel(Tag::any), g.y(), g.strides(), g.pad_l(), g.pad_r());
+      g.kernel(Tag::any), g.y(), g.strides(), g.pad_l(), g.pad_r(), UserScratchpad());
 }
+
+// A primitive that brings its own scratch memory.
+struct Step {
+  dnnl::primitive primitive;
+  memory scratchpad;
+
+  template <typename Primitive, typename Desc>
+  static Step Of(const Desc& pd) {
+    return {Primitive(pd), memory(pd.scratchpad_desc(), Engine())};
+  }
+  void Execute(dnnl::stream& stream, std::unordered_map<int, memory> args) {
+    args.insert({DNNL_ARG_SCRATCHPAD, scratchpad});
+    primitive.execute(stream, args);
+  }
+};
 
 // A primitive of one part and shape, with the kernel's layout as the primitive wants it.
 struct Plan {
-  dnnl::primitive conv;
+  Step conv;
   memory::desc kernel_desc;  // The primitive's (maybe blocked) kernel layout.
   bool reorder;              // Whether that differs from XLA's HWIO.
-  dnnl::reorder to_blocked, from_blocked;
+  Step to_blocked, from_blocked;
 };
 
 std::unique_ptr<Plan> MakePlan(Part part, const Geometry& g) {
@@ -73,22 +98,22 @@ std::unique_ptr<Plan> MakePlan(Part part, const Geometry& g) {
   auto forward = ForwardDesc(g);
   switch (part) {
     case Part::kForward:
-      plan->conv = dnnl::convolution_forward(forward);
+      plan->conv = Step::Of<dnnl::convolution_forward>(forward);
       plan->kernel_desc = forward.weights_desc();
       break;
     case Part::kInputGrad: {
       dnnl::convolution_backward_data::primitive_desc pd(
           Engine(), dnnl::algorithm::convolution_direct, g.x(), g.kernel(Tag::any), g.y(),
-          g.strides(), g.pad_l(), g.pad_r(), forward);
-      plan->conv = dnnl::convolution_backward_data(pd);
+          g.strides(), g.pad_l(), g.pad_r(), forward, UserScratchpad());
+      plan->conv = Step::Of<dnnl::convolution_backward_data>(pd);
       plan->kernel_desc = pd.weights_desc();
       break;
     }
     case Part::kKernelGrad: {
       dnnl::convolution_backward_weights::primitive_desc pd(
           Engine(), dnnl::algorithm::convolution_direct, g.x(), g.kernel(Tag::any), g.y(),
-          g.strides(), g.pad_l(), g.pad_r(), forward);
-      plan->conv = dnnl::convolution_backward_weights(pd);
+          g.strides(), g.pad_l(), g.pad_r(), forward, UserScratchpad());
+      plan->conv = Step::Of<dnnl::convolution_backward_weights>(pd);
       plan->kernel_desc = pd.diff_weights_desc();
       break;
     }
@@ -96,23 +121,17 @@ std::unique_ptr<Plan> MakePlan(Part part, const Geometry& g) {
   auto hwio = g.kernel(Tag::hwio);
   plan->reorder = plan->kernel_desc != hwio;
   if (plan->reorder) {
-    plan->to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
-        Engine(), hwio, Engine(), plan->kernel_desc));
-    plan->from_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
-        Engine(), plan->kernel_desc, Engine(), hwio));
+    plan->to_blocked = Step::Of<dnnl::reorder>(dnnl::reorder::primitive_desc(
+        Engine(), hwio, Engine(), plan->kernel_desc, UserScratchpad()));
+    plan->from_blocked = Step::Of<dnnl::reorder>(dnnl::reorder::primitive_desc(
+        Engine(), plan->kernel_desc, Engine(), hwio, UserScratchpad()));
   }
   return plan;
-}
-
-std::mutex& Lock() {
-  static std::mutex lock;
-  return lock;
 }
 
 // Runs `part` on XLA's buffers: x (NHWC), kernel (HWIO), y (NHWC); the part's output is y
 // (forward), x (input gradient) or the kernel (kernel gradient).
 ffi::Error Run(Part part, const Geometry& g, void* x, void* kernel, void* y) {
-  std::lock_guard<std::mutex> hold(Lock());
   static thread_local std::map<decltype(g.key(part)), std::unique_ptr<Plan>> plans;
   try {
     auto& plan = plans[g.key(part)];
@@ -122,21 +141,23 @@ ffi::Error Run(Part part, const Geometry& g, void* x, void* kernel, void* y) {
     memory hwio(g.kernel(Tag::hwio), Engine(), kernel);
     memory k_mem = plan->reorder ? memory(plan->kernel_desc, Engine()) : hwio;
     if (plan->reorder && part != Part::kKernelGrad) {
-      plan->to_blocked.execute(stream, hwio, k_mem);
+      plan->to_blocked.Execute(stream, {{DNNL_ARG_FROM, hwio}, {DNNL_ARG_TO, k_mem}});
     }
     switch (part) {
       case Part::kForward:
-        plan->conv.execute(stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, k_mem},
+        plan->conv.Execute(stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, k_mem},
                                     {DNNL_ARG_DST, y_mem}});
         break;
       case Part::kInputGrad:
-        plan->conv.execute(stream, {{DNNL_ARG_DIFF_SRC, x_mem}, {DNNL_ARG_WEIGHTS, k_mem},
+        plan->conv.Execute(stream, {{DNNL_ARG_DIFF_SRC, x_mem}, {DNNL_ARG_WEIGHTS, k_mem},
                                     {DNNL_ARG_DIFF_DST, y_mem}});
         break;
       case Part::kKernelGrad:
-        plan->conv.execute(stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_WEIGHTS, k_mem},
+        plan->conv.Execute(stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_WEIGHTS, k_mem},
                                     {DNNL_ARG_DIFF_DST, y_mem}});
-        if (plan->reorder) plan->from_blocked.execute(stream, k_mem, hwio);
+        if (plan->reorder) {
+          plan->from_blocked.Execute(stream, {{DNNL_ARG_FROM, k_mem}, {DNNL_ARG_TO, hwio}});
+        }
         break;
     }
     stream.wait();
