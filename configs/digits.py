@@ -14,11 +14,16 @@ from alexnet_jax import recipes
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = recipes.config('small')  # 32x32 crops of 36x36 images.
+  c = recipes.config('small')  # 32x32 crops ...
   c.data.source = 'digits'  # scikit-learn's 1797 real 8x8 digits.
-  # Seven epochs, eps / 10 for the last two: the digits need no more (experiments/BENCHMARKS.md).
-  c.num_epochs = 7
-  c.optim.manual_drop_epochs = (5,)
+  # ... of 34x34 images: centred digits need shifts of 2 pixels, not 4, and the PCA lighting
+  # of photographs (s4) only adds noise to grey strokes. With eight epochs, eps / 10 for the
+  # last two, 97.0% (10 views) over 11 seeds against 94.9% for 36x36, lighting and seven
+  # (experiments/BENCHMARKS.md).
+  c.data.image_size = 34
+  c.data.lighting_std = 0.0
+  c.num_epochs = 8
+  c.optim.manual_drop_epochs = (6,)
   # Batch 64 at twice the rate: as fast per image as 32 on a CPU (the step is compute-bound),
   # and 1.3 points better on 1 view over three seeds (experiments/BENCHMARKS.md).
   c.batch_size = 64
