@@ -115,7 +115,7 @@ def test_evaluate_command_prints_the_table_and_writes_json(trained_run, tmp_path
   assert 'ILSVRC' not in result.stdout  # The paper's rows are for ImageNet models.
   assert not helpers.library_lines(result.stderr), result.stderr
   saved = json.load(open(out))
-  assert saved['preprocessing'][0].startswith('data: shorter side to 36, central square')
+  assert saved['preprocessing'][0].startswith('data: shorter side to 34, central square')
   assert f'preprocessing of {saved["models"][0]}: {saved["preprocessing"][0]}' in result.stdout
   assert saved['1view']['top1_error'] == pytest.approx(trained_run[1]['1view_top1_error'])
   bad = helpers.run_python('-m', 'alexnet_jax.evaluate', f'--workdir={tmp_path}/nowhere')

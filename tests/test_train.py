@@ -218,7 +218,8 @@ def photos_config(path, **overrides):
   """3 classes of 36x36 photos (18 training, 6 validation), batches of 4, 2 epochs of 4."""
   return train_config(**{
       'data.source': 'auto', 'data.path': str(path), 'data.eval_split': 'validation',
-      'model.num_classes': 3, 'model.fc8_per_tower': False, 'batch_size': 4,
+      'data.image_size': 36, 'model.num_classes': 3, 'model.fc8_per_tower': False,
+      'batch_size': 4,
       'steps_per_epoch': 4, 'data.max_bad_fraction': 0.9, **overrides})
 
 
