@@ -67,38 +67,35 @@ def dense_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return jnp.einsum('tbi,tio->tbo', x, kernel, preferred_element_type=jnp.float32)
 
 
-def with_dense_gradient(forward: Callable) -> Callable:
-  """`forward` (computing `dense_product`'s values) with `dense`'s hand-written gradient
-  for float32 operands; other dtypes take autodiff of the plain product."""
-
-  @jax.custom_vjp
-  def float32_dense(x, kernel):
-    return forward(x, kernel)
-
-  def fwd(x, kernel):
-    return forward(x, kernel), (x, kernel)
-
-  def bwd(residuals, dy):
-    # d/dkernel straight into the kernel's (in, out) layout; inside shard_map, summed over
-    # the mesh axes the gradient varies along but the primal does not (as autodiff does).
-    x, kernel = residuals
-    dx = jnp.einsum('tbo,tio->tbi', dy, kernel)
-    dk = jnp.einsum('tbi,tbo->tio', x, dy)
-    return sharding.sum_to_axes_of(dx, x), sharding.sum_to_axes_of(dk, kernel)
-
-  float32_dense.defvjp(fwd, bwd)
-
-  def dense_fn(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """(stacks, B, in) x (stacks, in, out) -> (stacks, B, out), accumulated in float32."""
-    if x.dtype == kernel.dtype == jnp.float32:
-      return float32_dense(x, kernel)
-    return dense_product(x, kernel)
-
-  return dense_fn
+def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`dense_product`, with the hand-written gradient for float32 operands (other dtypes take
+  autodiff's)."""
+  if x.dtype == kernel.dtype == jnp.float32:
+    return _float32_dense(x, kernel)
+  return dense_product(x, kernel)
 
 
-dense = with_dense_gradient(dense_product)
-PORTABLE = Kernels('XLA\'s own', conv, dense)
+@jax.custom_vjp
+def _float32_dense(x, kernel):
+  return dense_product(x, kernel)
+
+
+def _dense_fwd(x, kernel):
+  return dense_product(x, kernel), (x, kernel)
+
+
+def _dense_bwd(residuals, dy):
+  # d/dkernel straight into the kernel's (in, out) layout; inside shard_map, summed over the
+  # mesh axes the gradient varies along but the primal does not (as autodiff does).
+  x, kernel = residuals
+  dx = jnp.einsum('tbo,tio->tbi', dy, kernel)
+  dk = jnp.einsum('tbi,tbo->tio', x, dy)
+  return sharding.sum_to_axes_of(dx, x), sharding.sum_to_axes_of(dk, kernel)
+
+
+_float32_dense.defvjp(_dense_fwd, _dense_bwd)
+
+PORTABLE = Kernels('XLA\'s own', conv, dense)  # Every platform's, and a CPU's without a backend.
 
 
 # ---- Max pooling ------------------------------------------------------------------------------

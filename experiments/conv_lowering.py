@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 from alexnet_jax import backends  # noqa: E402
 from alexnet_jax import model as model_lib  # noqa: E402
+from alexnet_jax import ops  # noqa: E402
 from alexnet_jax import recipes  # noqa: E402
 from records import markdown_table, record  # noqa: E402
 
@@ -120,8 +121,8 @@ def input_grad_matmul(dy: jax.Array, kernel: jax.Array, input_shape: tuple[int, 
 
 def onednn_module():
   """The CPU backend's oneDNN calls where they are installed and load on this machine."""
-  if jax.default_backend() != 'cpu' or not backends.for_platforms(frozenset({'cpu'})).name \
-      .startswith('oneDNN'):
+  if (jax.default_backend() != 'cpu' or
+      backends.for_platforms(frozenset({'cpu'})) is ops.PORTABLE):
     return None
   from alexnet_jax.backends.cpu import onednn  # pylint: disable=g-import-not-at-top
   return onednn
