@@ -4,7 +4,7 @@ import os
 import tempfile
 
 # LLVM at -O1 for every program, as the project compiles its own steps on a CPU
-# (sharding.compiler_options): the suite is mostly compilation, and -O1 compiles a third
+# (backends.compiler_options): the suite is mostly compilation, and -O1 compiles a third
 # faster; tests' own jits and the model's eager calls get it from here.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_backend_optimization_level=1'
