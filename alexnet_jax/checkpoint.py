@@ -67,7 +67,7 @@ def abstract_train_state(net, optim_config, mesh) -> TrainState:
 
 
 def leaf_shapes(tree) -> dict[str, tuple]:
-  """{'opt_state/inner_state/2/trace/fc6/kernel/value': (shape, dtype name), ...} of a train
+  """{'opt_state/momentum/fc6/kernel/value': (shape, dtype name), ...} of a train
   state, abstract or not, or of a checkpoint's metadata: the same paths for the same state."""
   def name(key):
     return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))

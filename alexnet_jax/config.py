@@ -51,7 +51,9 @@ def model_fields() -> ml_collections.ConfigDict:
   c.dropout_rate = 0.5  # Dropout on fc6 and fc7 (s1).
   c.dropout_inverted = False  # s2.8: False scales the outputs by 1 - rate at test time.
   c.dropout_before_fc = False  # Dropout on fc6's and fc7's inputs (torchvision), not outputs.
-  c.cross_tower = True  # conv3, fc6, fc7 read both towers (s1); False: run 150 (s5.1).
+  # conv3, fc6, fc7 read both towers (s1); False: no cross-tower links before fc8 (run 150
+  # also widens conv2, fc6 and fc7 to keep the size: the no_cross_tower recipe, s5.1).
+  c.cross_tower = True
   c.skip_conv4 = False  # No conv4: conv3 feeds conv5 (s5: a middle layer removed).
   c.fc8_per_tower = True  # fc8 split over the towers; s2.7: one fc8 reading both.
   # Weight init: 'gaussian', N(0, weight_std^2) (s1); 'he', std sqrt(2 / fan_in) for conv1..fc7
@@ -79,6 +81,9 @@ def data_fields() -> ml_collections.ConfigDict:
   # s4: the code divides training crops that carry lighting noise by 1 + lighting_std (1.1);
   # evaluation crops are never divided.
   c.lighting_rescale = False
+  # From this epoch on (0-based, as the schedule counts), no PCA lighting and no division;
+  # 0: lighting throughout. Run 145's log turns the colour noise off at epoch 67.
+  c.lighting_end_epoch = 0
   # How pixels become inputs (alexnet_jax/preprocess.py): 'data', this config's own (the two
   # fields below, the training set's statistics); 'torchvision' or 'caffe', the preprocessing
   # their published weights expect (s6).
@@ -106,6 +111,15 @@ def optim_fields() -> ml_collections.ConfigDict:
   c.weight_decay = 5e-4  # (s3)
   c.bias_lr_multiplier = 1.0  # s2.6: the code trains biases at 2x the rate.
   c.bias_weight_decay = True  # s2.6: the code does not decay biases.
+  # Biases follow the schedule's drops (s3); False: they keep bias_lr_multiplier * base_lr
+  # throughout, as run 145's layer files have them (only the weights' eps was ever lowered).
+  c.bias_lr_follows_schedule = True
+  # (('layer', epoch, m), ...): from `epoch` on, that layer's weights train at m times the
+  # schedule's rate, the latest entry counting (run 145's log: conv1 at 0.1x from epoch 67).
+  c.layer_lr_multipliers = ()
+  # (('layer', epoch), ...): from `epoch` on, that layer (weights and biases) is not updated at
+  # all, its momentum kept, as cuda-convnet skips a layer whose eps is 0 (run 145: conv1, 72).
+  c.freeze = ()
   c.schedule = 'plateau'  # 'plateau': eps / 10 when validation error stops improving (s3); 'manual'.
   c.plateau_patience = 2  # Evaluations without improvement before a drop.
   c.plateau_threshold = 1e-3  # An improvement (absolute top-1 error) smaller than this does not count.

@@ -235,8 +235,8 @@ def normalize(images_u8, preprocessing: Preprocessing, arrays, *, lighting=None,
   """uint8 RGB crops (B, c, c, 3) -> the net's float32 input, as `preprocessing` says.
 
   Reflects where `flip`, adds the lighting offset (0-255 RGB), scales to [0, 1] if
-  unit_scale, reorders the channels, subtracts the mean, divides by std (and, for noisy
-  training crops, by 1 + lighting_std when the record says so). `arrays` is
+  unit_scale, reorders the channels, subtracts the mean, divides by std (and, for training
+  crops given lighting offsets, by 1 + lighting_std when the record says so). `arrays` is
   `preprocessing.arrays()` (device arrays inside jit). jax.numpy inside jit, numpy on the host:
   the same arithmetic in the same order.
   """
@@ -251,7 +251,7 @@ def normalize(images_u8, preprocessing: Preprocessing, arrays, *, lighting=None,
   if preprocessing.channels == 'BGR':
     x = x[..., ::-1]
   x = (x - arrays['mean']) / arrays['std']
-  divide = preprocessing.train_divide() if train else 1.0
+  divide = preprocessing.train_divide() if train and lighting is not None else 1.0
   return x / xp.float32(divide) if divide != 1.0 else x
 
 

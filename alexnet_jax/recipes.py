@@ -5,8 +5,9 @@ its full-size net has there; `docs/paper.md` holds the figures they are checked 
 Config files pick one by name, as their argument: `--config=configs/paper.py:cuda_convnet`
 (`--config=configs/paper.py:list`, or `python -m alexnet_jax.recipes`, lists them).
 
-The ablations change run 145 (cuda_convnet) as their layer files do, so that the paper's
-figures for them compare like with like (s5.1).
+The ablations change run 145 (cuda_convnet) as their layer files do, each under run 145's
+schedule, so that each changes one thing; a figure published for one says where it comes
+from and on which data (`Published`, docs/paper.md s5).
 """
 from __future__ import annotations
 
@@ -31,7 +32,33 @@ _CUDA_CONVNET = {
     'optim.manual_drop_epochs': (25, 51, 79),
     'num_epochs': 91,
     'data.lighting_rescale': True,  # Training crops with colour noise divided by 1.1 (s4).
+    # The rest of run 145's log and final layer-params file (docs/paper.md s3): biases at
+    # 0.02 throughout; colour noise off and conv1 at 1e-5 from epoch 67; conv1 frozen from 72.
+    'optim.bias_lr_follows_schedule': False,
+    'data.lighting_end_epoch': 67,
+    'optim.layer_lr_multipliers': (('conv1', 67, 0.1),),
+    'optim.freeze': (('conv1', 72),),
 }
+
+
+ILSVRC_2012_VAL = 'ILSVRC-2012 validation'
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+  """A published figure for an ablation (docs/paper.md s5): its (top-1, top-5) change in
+  points, 10 views, against the `versus` recipe's net; where the figure comes from (the
+  paper's text, run logs) and on which data; `layer_file`: whether it was measured on this
+  very net (the recipe is the layer file of the run it comes from)."""
+  change: tuple[float | None, float | None]
+  source: str
+  data: str
+  layer_file: bool
+  versus: str = 'cuda_convnet'
+
+  def describe(self) -> str:
+    top1, top5 = (f'{v:+.2f}' if v is not None else 'n/a' for v in self.change)
+    return f'{top1} / {top5}: {self.source} ({self.data})'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +68,7 @@ class Recipe:
   source: str  # What it reproduces.
   params: int  # Parameters of its full-size net, as its source has them.
   changes: Mapping[str, Any]  # 'section.field' (or a top-level field) -> value.
-  # An ablation of the paper's: its (top-1, top-5) change in points, 10 views (s5), and the
-  # recipe it is measured against; `layer_file`: whether that figure came from this very net.
-  paper_change: tuple[float | None, float | None] | None = None
-  versus: str = ''
-  layer_file: bool = False
+  published: Published | None = None  # An ablation's published figure.
 
   def apply(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config` with this recipe's changes (and its name in `config.recipe`)."""
@@ -61,38 +84,44 @@ class Recipe:
     return config
 
 
-def _recipe(name, summary, source, params, changes, **ablation) -> Recipe:
-  return Recipe(name, summary, source, params, dict(changes), **ablation)
+def _recipe(name, summary, source, params, changes, published=None) -> Recipe:
+  return Recipe(name, summary, source, params, dict(changes), published)
 
 
 RECIPES = {r.name: r for r in (
     _recipe('paper', 'the net, data and training of the paper\'s text',
             'the paper, sections 3-5 (docs/paper.md s1, s3, s4)', 60_965_224, {}),
-    _recipe('cuda_convnet', 'run 145 as coded: every difference of s2 switched on',
+    _recipe('cuda_convnet', 'run 145 as coded and trained: every difference of s2 switched on, '
+            'its whole schedule (s3)',
             'cuda-convnet layers-145.cfg, layer-params-145.cfg, convdata.py, run 145\'s log',
             60_965_224, _CUDA_CONVNET),
     _recipe('one_tower', 'one tower with half the kernels (conv5 and the fc layers kept)',
             'cuda-convnet layers-145-half.cfg (the paper\'s footnote 2)', 59_798_312,
             {**_CUDA_CONVNET, 'model.towers': 1,
              'model.conv_filters': (48, 128, 192, 192, 256)},
-            paper_change=(1.7, 1.2), versus='cuda_convnet', layer_file=True),
+            Published((1.7, 1.2), 'the paper\'s text; run 145-half\'s log against run '
+                      '145-2010\'s', 'ILSVRC-2010 test', layer_file=True)),
     _recipe('no_lrn', 'run 145 without its normalization layers',
             'cuda-convnet layers-148.cfg (run 148: 42.03 / 19.36)', 60_965_224,
             {**_CUDA_CONVNET, 'model.lrn': False, 'model.extra_norm2': False},
-            paper_change=(1.4, 1.2), versus='cuda_convnet', layer_file=True),
+            Published((1.4, 1.2), 'the paper\'s text; run 148\'s log against run 145\'s',
+                      ILSVRC_2012_VAL, layer_file=True)),
     _recipe('no_overlap', 'run 145 with non-overlapping 2x2 stride-2 pooling',
             'cuda-convnet layers-147.cfg (run 147: 41.06 / 18.51)', 60_965_224,
             {**_CUDA_CONVNET, 'model.pool_window': 2, 'model.conv_padding': (1, 1, 1, 0)},
-            paper_change=(0.4, 0.3), versus='cuda_convnet', layer_file=True),
+            Published((0.4, 0.3), 'the paper\'s text; run 147\'s log against run 145\'s',
+                      ILSVRC_2012_VAL, layer_file=True)),
     _recipe('no_cross_tower', 'run 145 with no cross-tower links before fc8, widened',
             'cuda-convnet layers-150.cfg (run 150: 41.83 / 19.33)', 60_714_408,
             {**_CUDA_CONVNET, 'model.cross_tower': False,
              'model.conv_filters': (96, 320, 384, 384, 256), 'model.fc_units': (8192, 4096)},
-            paper_change=(1.17, 1.12), versus='cuda_convnet', layer_file=True),
+            Published((1.17, 1.12), 'not in the paper: run 150\'s log against run 145\'s',
+                      ILSVRC_2012_VAL, layer_file=True)),
     _recipe('no_conv4', 'run 145 without conv4 (conv3 feeds conv5)',
             'the paper\'s discussion (docs/paper.md s5): removing any middle layer costs about 2% '
             'top-1 (no layer file)', 60_301_288, {**_CUDA_CONVNET, 'model.skip_conv4': True},
-            paper_change=(2.0, None), versus='cuda_convnet'),
+            Published((2.0, None), 'the paper\'s text ("about 2%"), no layer file',
+                      'data not stated', layer_file=False)),
     _recipe('caffe', 'Caffe\'s bvlc_alexnet, net and solver',
             'Caffe models/bvlc_alexnet train_val.prototxt and solver.prototxt (s6)', 60_965_224,
             {'model.image_size': 227, 'model.conv1_ceil_mode': False, 'model.lrn_k': 1.0,
@@ -105,7 +134,7 @@ RECIPES = {r.name: r for r in (
              'optim.schedule': 'manual', 'optim.manual_drop_epochs': (20, 40, 60, 80),
              'batch_size': 256, 'num_epochs': 90, 'data.lighting_std': 0.0,
              'data.preprocessing': 'caffe'}),
-    _recipe('owt', 'torchvision\'s AlexNet (the "one weird trick" single-tower net)',
+    _recipe('owt', 'torchvision\'s AlexNet (one tower, after the "one weird trick" net)',
             'torchvision models/alexnet.py and its reference training: eps 0.01 / 10 every '
             '30 epochs, weight decay 1e-4, batch 256 (its random-resized crops and its SGD, '
             'eps outside the momentum buffer, are not reproduced) (s6)', 61_100_840,
@@ -164,9 +193,11 @@ def model_config(name: str = 'paper') -> ml_collections.ConfigDict:
 
 
 def table() -> str:
-  """The recipes as a markdown table: name, what, source, parameters."""
-  lines = ['| recipe | what | reproduces | parameters |', '|---|---|---|---|']
-  lines += [f'| {r.name} | {r.summary} | {r.source} | {r.params:,} |' for r in RECIPES.values()]
+  """The recipes as a markdown table: name, what, source, parameters, published change."""
+  lines = ['| recipe | what | reproduces | parameters | published change (top-1 / top-5) |',
+           '|---|---|---|---|---|']
+  lines += [f'| {r.name} | {r.summary} | {r.source} | {r.params:,} | '
+            f'{r.published.describe() if r.published else ""} |' for r in RECIPES.values()]
   return '\n'.join(lines)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from flax import nnx
 
 from alexnet_jax import backends
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import config as config_lib
 from alexnet_jax import distributed
 from alexnet_jax import evaluation
 from alexnet_jax import fitting
@@ -53,11 +53,12 @@ class TrainingError(RuntimeError):
 
 def init_state(net: model_lib.AlexNet, optim_config: ml_collections.ConfigDict):
   """(graphdef, step-0 TrainState, optimizer) of a fresh run of `net`: its parameters, the
-  optimizer's buffers placed as the parameters are, and step 0."""
+  optimizer's buffers placed as the parameters are, its rates those of epoch 0, and step 0."""
   graphdef, params = nnx.split(net, nnx.Param)
   tx = optim.create(optim_config)
   with jax.set_mesh(net.mesh):  # Jitted, the buffers take the params' shardings.
-    opt_state = jax.jit(tx.init)(params)
+    opt_state = optim.with_rates(jax.jit(tx.init)(params), optim.rates_at(
+        optim_config, params, epoch=0, lr=optim_config.base_lr))
     step = jax.device_put(jnp.zeros((), jnp.int32),
                           sharding.named(net.mesh, sharding.REPLICATED))
   return graphdef, checkpoint_lib.TrainState(step=step, params=params, opt_state=opt_state), tx
@@ -65,16 +66,19 @@ def init_state(net: model_lib.AlexNet, optim_config: ml_collections.ConfigDict):
 
 def make_train_step(graphdef, tx, *, seed: int, num_classes: int,
                     preprocessing: preprocess.Preprocessing, normalized: bool = False):
-  """The pure train step, jitted once with the state donated: (state, batch, arrays) ->
-  (state, metrics), `arrays` being `preprocessing.arrays()` on the mesh. Batches hold uint8
+  """The pure train step, jitted with the state donated: (state, batch, arrays, lighting=True)
+  -> (state, metrics), `arrays` being `preprocessing.arrays()` on the mesh. Batches hold uint8
   crops, flips and lighting offsets, normalized here by the record; with `normalized` (the
-  workers did it: data.normalize_on_host) the net's inputs already."""
+  workers did it: data.normalize_on_host) the net's inputs already. `lighting=False` (from
+  data.lighting_end_epoch on: one more compilation) leaves the offsets out, and with them
+  the code's division of noisy crops."""
 
-  def step_fn(state: checkpoint_lib.TrainState, batch, arrays):
+  def step_fn(state: checkpoint_lib.TrainState, batch, arrays, lighting=True):
     dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
     images = batch['image']
     if not normalized:
-      images = preprocess.normalize(images, preprocessing, arrays, lighting=batch['lighting'],
+      images = preprocess.normalize(images, preprocessing, arrays,
+                                    lighting=batch['lighting'] if lighting else None,
                                     flip=batch['flip'], train=True)
 
     def loss_fn(params):
@@ -98,10 +102,11 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int,
       return jnp.where(finite & jnp.isfinite(new), new, old)
 
     opt_state = jax.tree.map(guard, opt_state, state.opt_state)
-    # w <- w + v with the momentum v just written (optim.momentum_buffer), not recomputed
-    # from the old one: then XLA updates the momentum and then the weights in place, instead
-    # of first copying the old fc6/fc7 weights and momentum (0.4 GB a step) to read both.
-    params = jax.tree.map(jnp.add, state.params, optim.momentum_buffer(opt_state))
+    # w <- w + v with the momentum v just written, not recomputed from the old one: then XLA
+    # updates the momentum and then the weights in place, instead of first copying the old
+    # fc6/fc7 weights and momentum to read both. A frozen array (eps 0) is kept as it is.
+    params = jax.tree.map(lambda w, v, eps: jnp.where(eps > 0, w + v, w), state.params,
+                          optim.momentum_buffer(opt_state), opt_state.rates)
     new_state = checkpoint_lib.TrainState(step=state.step + 1,
                                           params=jax.tree.map(guard, params, state.params),
                                           opt_state=opt_state)
@@ -113,7 +118,7 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int,
           rows, jax.sharding.NamedSharding(jax.typeof(rows).sharding.mesh, sharding.REPLICATED))
     return new_state, metrics
 
-  return backends.jit(step_fn, donate_argnums=0)
+  return backends.jit(step_fn, donate_argnums=0, static_argnames='lighting')
 
 
 # ---- Config checks ----------------------------------------------------------------------------
@@ -146,7 +151,10 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
     section, name = field.split('.')
     if config[section][name] < 1:
       raise ValueError(f'{field}: must be >= 1, got {config[section][name]}')
-  optim.create(config.optim)
+  optim.check(config.optim, config_lib.LAYERS)
+  if config.data.lighting_end_epoch and config.data.normalize_on_host:
+    raise ValueError('data.lighting_end_epoch: not with data.normalize_on_host (the input '
+                     'workers add the lighting there, before the step knows its epoch)')
 
 
 def _flat(tree: dict, prefix: str = '') -> dict[str, Any]:
@@ -378,7 +386,7 @@ class Trainer:
     self.state = state
     self.step_count = int(state.step)
     self.saved_step = self.step_count if restored is not None else None  # Newest checkpoint.
-    self.lr = float(optim.learning_rate(state.opt_state))  # Kept on the host: no sync a step.
+    self.schedule = None  # (epoch, lr) the state's rates were last set for.
 
     self.writer = writers.Writer(workdir, resume_step=self.step_count,
                                  enabled=self.main_process, reevaluating=self.reevaluating)
@@ -468,18 +476,37 @@ class Trainer:
     self.bad_examples.name(batch)
     return input_pipeline.to_global(batch, self.mesh, self.config.batch_size)
 
+  @property
+  def lr(self) -> float:
+    """The schedule's rate for the current step (eps of the weights of most layers)."""
+    c = self.config.optim
+    if c.schedule == 'manual':
+      return optim.manual_lr(c.base_lr, self.epoch, c.manual_drop_epochs, c.plateau_factor)
+    return self.plateau.lr
+
+  @property
+  def epoch(self) -> int:
+    """The epoch of the next step (0-based): what the schedule reads."""
+    return self.step_count // self.steps_per_epoch
+
+  def set_rates(self) -> None:
+    """Every parameter array's eps for the coming step (optim.rates_at), set only when the
+    epoch or the schedule's rate changed: a fresh or resumed run sets them at its first step."""
+    if self.schedule != (self.epoch, self.lr):
+      self.schedule = (self.epoch, self.lr)
+      self.state = self.state.replace(opt_state=optim.with_rates(
+          self.state.opt_state,
+          optim.rates_at(self.config.optim, self.state.params, self.epoch, self.lr)))
+
   def step(self, batch) -> None:
-    """One training step: the rate of a manual schedule, the step dispatched, the previous
-    step's metrics read (one step late: the device never waits on them)."""
-    c = self.config
-    if c.optim.schedule == 'manual':
-      wanted = optim.manual_lr(c.optim.base_lr, self.step_count // self.steps_per_epoch,
-                               c.optim.manual_drop_epochs, c.optim.plateau_factor)
-      if not math.isclose(wanted, self.lr):
-        self.set_lr(wanted)
+    """One training step: the rates and augmentation of its epoch, the step dispatched, the
+    previous step's metrics read (one step late: the device never waits on them)."""
+    self.set_rates()
+    lr, end = self.lr, self.config.data.lighting_end_epoch
     if self.profiled and self.step_count + 1 == self.profiled[0]:
       jax.profiler.start_trace(os.path.join(self.workdir, 'tensorboard'))
-    self.state, metrics = self.train_step(self.state, batch, self.arrays)
+    self.state, metrics = self.train_step(self.state, batch, self.arrays,
+                                          lighting=not end or self.epoch < end)
     self.step_count += 1
     if self.profiled and self.step_count == self.profiled[1]:
       jax.block_until_ready(metrics)
@@ -487,7 +514,7 @@ class Trainer:
       log.info("profile of steps %d-%d written to %s/tensorboard (TensorBoard's Profile tab)",
                *self.profiled, self.workdir)
     self.record_pending()
-    self.pending = (self.step_count, metrics, self.lr)
+    self.pending = (self.step_count, metrics, lr)
 
   def end_of_epoch(self) -> None:
     """The epoch's last metrics, its evaluation and the plateau rule (every
@@ -506,8 +533,7 @@ class Trainer:
       self.write_kernels(step)
       self.progress.show_eval(val)
       if c.optim.schedule == 'plateau' and self.plateau.update(val['top1_error']):
-        self.set_lr(self.plateau.lr)
-        log.info('validation error stopped improving: learning rate now %g', self.lr)
+        log.info('validation error stopped improving: learning rate now %g', self.plateau.lr)
     if epochs_done % c.checkpoint.every_epochs == 0 or last:
       self.save(val_error=val and val['top1_error'])
     self.timer.idle()  # Evaluation and saving are not step time.
@@ -518,10 +544,6 @@ class Trainer:
       kernel = nnx.merge(self.graphdef, self.state.params).layer('conv1').kernel[...]
       self.writer.image('val/conv1_kernels', writers.kernel_grid(
           np.asarray(jax.device_get(kernel), np.float32)), step)
-
-  def set_lr(self, lr: float) -> None:
-    self.lr = lr
-    self.state = self.state.replace(opt_state=optim.set_lr(self.state.opt_state, lr))
 
   def save(self, val_error: float | None = None) -> None:
     self.checkpoints.save(self.step_count, self.state,

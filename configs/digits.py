@@ -18,8 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.source = 'digits'  # scikit-learn's 1797 real 8x8 digits.
   # ... of 34x34 images: centred digits need shifts of 2 pixels, not 4, and the PCA lighting
   # of photographs (s4) only adds noise to grey strokes. With eight epochs, eps / 10 for the
-  # last two, more accurate over eleven seeds than 36x36, lighting and seven epochs
-  # (experiments/BENCHMARKS.md).
+  # last two, more accurate than 36x36 with lighting (experiments/BENCHMARKS.md).
   c.data.image_size = 34
   c.data.lighting_std = 0.0
   c.num_epochs = 8

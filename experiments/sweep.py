@@ -13,14 +13,19 @@ so re-running the command continues the sweep. --parallel runs several at once (
 this machine); --shard=i/n takes every n-th run, so n hosts can share one sweep on a shared
 OUT, and any of them can --summarize.
 
-The ablations of run 145 are its layer files' changes (alexnet_jax/recipes.py): when the
-sweep's baseline is run 145's net itself (`configs/paper.py:cuda_convnet`), each of them is
-the layer file the paper's figure came from, and the table puts the paper's change beside the
-measured one; on any other baseline (a scaled-down proxy) it says the two are not comparable.
+The ablations of run 145 are its layer files' changes (alexnet_jax/recipes.py). Each
+published figure says where it comes from and on which data (`recipes.Published`); the table
+puts it beside the measured change only where the two compare like with like: a figure
+measured on the layer file's own net, on ILSVRC-2012 validation, and a sweep of run 145's full
+net (`configs/paper.py:cuda_convnet`). Every other row says why not. An ablation that would
+change nothing in the sweep's config (no PCA lighting where there is none) is left out, saying
+so.
 
 The sweep ends with OUT/ablations.md and .csv: each ablation's top-1/top-5 error (10 views,
-as the paper's ablations) as mean +- standard deviation over the seeds, its change against
-the baseline, and the paper's change where it applies; and OUT/ablations.png, a bar plot.
+as the paper's ablations) as mean +- standard deviation over the seeds; its change against
+the baseline, paired by seed, with a 95% t-interval and whether that interval excludes zero
+(distinguishable from noise, at these seeds); the published figure where it applies; and
+OUT/ablations.png, the changes with their intervals.
 """
 from __future__ import annotations
 
@@ -50,25 +55,25 @@ from alexnet_jax import recipes  # noqa: E402  pylint: disable=wrong-import-posi
 class Ablation:
   what: str  # For the table.
   changes: Mapping[str, Any]  # 'section.field' -> value, on top of the sweep's config.
-  paper: tuple[float | None, float | None] | None = None  # The paper's change (points).
-  versus: str = ''  # The recipe whose net the paper's figure changes (run 145's).
-  source: str = ''  # Where the paper's figure comes from.
+  published: recipes.Published | None = None  # Its published figure, if any.
 
 
 def _from_recipe(name: str, what: str) -> Ablation:
   """A recipe's own changes to the recipe it is compared with (its layer file's, for 145)."""
-  r, base = recipes.get(name), recipes.get(recipes.get(name).versus)
+  r = recipes.get(name)
+  base = recipes.get(r.published.versus)
   own = {k: v for k, v in r.changes.items() if base.changes.get(k, object()) != v}
-  return Ablation(what, own, r.paper_change, r.versus,
-                  r.source if r.layer_file else 'the paper\'s text, no layer file')
+  return Ablation(what, own, r.published)
 
 
 ABLATIONS = {  # docs/paper.md s5; changes in top-1 / top-5 points, 10 views.
-    'baseline': Ablation('the config as it is', {}, (0.0, 0.0)),
+    'baseline': Ablation('the config as it is', {}),
     'no_lrn': _from_recipe('no_lrn', 'no local response normalization'),
     'no_overlap': _from_recipe('no_overlap', '2x2 stride-2 pooling, not 3x3 stride 2'),
     'no_pca_lighting': Ablation('no PCA lighting noise', {'data.lighting_std': 0.0},
-                                (1.0, None), 'cuda_convnet', 'the paper\'s text'),
+                                recipes.Published((1.0, None), 'the paper\'s text ("over 1%"), '
+                                                  'no layer file', 'data not stated',
+                                                  layer_file=False)),
     'no_dropout': Ablation('no dropout', {'model.dropout_rate': 0.0}),
     'tanh': Ablation('tanh instead of ReLU', {'model.activation': 'tanh'}),
     'one_tower': _from_recipe('one_tower', 'one tower, half the kernels (conv5 kept)'),
@@ -77,14 +82,33 @@ ABLATIONS = {  # docs/paper.md s5; changes in top-1 / top-5 points, 10 views.
 }
 
 
-def comparable(config: ml_collections.ConfigDict, ablation: Ablation) -> bool:
-  """Whether the paper's figure for `ablation` measures this very change of this very net:
-  the sweep's net is that of the recipe the figure changes (run 145's), at full size."""
-  if not ablation.versus:
-    return False
-  want = recipes.config(ablation.versus).model.to_dict()
-  ours = {k: v for k, v in config.model.to_dict().items() if k != 'num_classes'}
-  return ours == {k: v for k, v in want.items() if k != 'num_classes'}
+def against_published(config: ml_collections.ConfigDict, ablation: Ablation) -> str:
+  """Whether `ablation`'s published figure compares like with like with this sweep, and why
+  not: it must measure this very change (its layer file) of the sweep's net, run 145's at full
+  size with ImageNet's 1000 classes, on ILSVRC-2012 validation."""
+  p = ablation.published
+  if p is None:
+    return 'no published figure'
+  if not p.layer_file:
+    return 'not like with like: no layer file, so not this very change'
+  if p.data != recipes.ILSVRC_2012_VAL:
+    return f'not like with like: the figure is on {p.data}'
+  if config.model.to_dict() != recipes.config(p.versus).model.to_dict():
+    return (f'not like with like: the figure changes {p.versus}\'s full net, this sweep '
+            f'{config.recipe}\'s')
+  return f'like with like (same net; the figure is on {p.data})'
+
+
+def changes_something(config: ml_collections.ConfigDict, ablation: Ablation) -> bool:
+  """Whether `ablation` changes `config` at all (no PCA lighting where there is none does not)."""
+  for name, value in ablation.changes.items():
+    *sections, field = name.split('.')
+    target = config
+    for section in sections:
+      target = target[section]
+    if target[field] != value:
+      return True
+  return not ablation.changes
 
 
 def run_config(base_json: str, ablation: str, seed: int) -> ml_collections.ConfigDict:
@@ -149,6 +173,33 @@ def _stats(values):
   return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def paired_interval(ours, baseline, level: float = 0.95):
+  """(mean, low, high) of the change `ours - baseline` in points, paired by seed ({seed:
+  error} each, errors as fractions), with Student's t-interval over the seeds both have; low
+  and high are None with fewer than two pairs."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from scipy import stats  # pylint: disable=g-import-not-at-top  # scikit-learn's dependency.
+  seeds = sorted(set(ours) & set(baseline))
+  d = 100 * np.asarray([ours[s] - baseline[s] for s in seeds], np.float64)
+  if len(d) < 2:
+    return (float(d.mean()) if len(d) else float('nan')), None, None
+  half = stats.t.ppf((1 + level) / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+  return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def _row(name, what, errors, baseline, note):
+  """A table row: `errors` and `baseline` are {'top1'/'top5': {seed: error}}."""
+  row = {'ablation': name, 'what': what, 'seeds': len(errors['top1'])}
+  for k in ('top1', 'top5'):
+    row[k], row[f'{k}_std'] = _stats(list(errors[k].values()))
+    change, low, high = paired_interval(errors[k], baseline[k])
+    row[f'{k}_change'], row[f'{k}_low'], row[f'{k}_high'] = change, low, high
+    row[f'{k}_distinguishable'] = (None if low is None or name == 'baseline' else
+                                   bool(low > 0 or high < 0))
+  row['compared'] = note
+  return row
+
+
 def summarize(out: str, ablations, seeds: int, config: ml_collections.ConfigDict) -> list[dict]:
   """Rows of the table from the finished runs in `out` of a sweep of `config`."""
   finished = {}
@@ -156,42 +207,29 @@ def summarize(out: str, ablations, seeds: int, config: ml_collections.ConfigDict
     path = os.path.join(workdir, 'final_metrics.json')
     if os.path.exists(path):
       with open(path) as f:
-        finished.setdefault(a, []).append(json.load(f))
+        finished.setdefault(a, {})[s] = json.load(f)
   if 'baseline' not in finished:
     raise SystemExit('error: sweep: no finished baseline run to compare against')
+  errors = lambda runs_, views=10: {k: {s: m[f'{views}view_{k}_error'] for s, m in runs_.items()}
+                                    for k in ('top1', 'top5')}
+  base = errors(finished['baseline'])
   rows = []
-  base = {k: _stats([m[f'10view_{k}_error'] for m in finished['baseline']])[0]
-          for k in ('top1', 'top5')}
   for a in ablations:
-    if a not in finished:
-      continue
-    row = {'ablation': a, 'what': ABLATIONS[a].what, 'seeds': len(finished[a])}
-    for k in ('top1', 'top5'):
-      mean, std = _stats([m[f'10view_{k}_error'] for m in finished[a]])
-      row[f'{k}'], row[f'{k}_std'], row[f'{k}_change'] = mean, std, mean - base[k]
-    ablation = ABLATIONS[a]
-    paper = ablation.paper if a != 'baseline' and comparable(config, ablation) else None
-    row['paper_top1_change'] = paper[0] if paper else None
-    row['paper_top5_change'] = paper[1] if paper else None
-    if a == 'baseline':
-      row['compared'] = f'the reference ({config.recipe})'
-    elif not ablation.paper:
-      row['compared'] = 'the paper gives no figure'
-    elif paper:
-      row['compared'] = f'the paper: {ablation.source}'
-    else:
-      row['compared'] = (f'not comparable: the paper changes {ablation.versus}\'s full net, '
-                         f'this sweep {config.recipe}\'s')
-    rows.append(row)
+    if a in finished:
+      ablation = ABLATIONS[a]
+      note = (f'the reference ({config.recipe})' if a == 'baseline'
+              else against_published(config, ablation))
+      row = _row(a, ablation.what, errors(finished[a]), base, note)
+      p = ablation.published if note.startswith('like with like') else None
+      row['published_top1_change'] = p.change[0] if p else None
+      row['published_top5_change'] = p.change[1] if p else None
+      row['published'] = ablation.published.describe() if ablation.published else ''
+      rows.append(row)
   # 1 view against 10, from the baseline runs themselves.
-  one, ten = ([m[f'{v}view_top1_error'] for m in finished['baseline']] for v in (1, 10))
-  one5, ten5 = ([m[f'{v}view_top5_error'] for m in finished['baseline']] for v in (1, 10))
-  rows.append({'ablation': 'one_view', 'what': 'baseline tested on 1 view (center), not 10',
-               'seeds': len(one), 'top1': _stats(one)[0], 'top1_std': _stats(one)[1],
-               'top1_change': _stats(one)[0] - _stats(ten)[0], 'top5': _stats(one5)[0],
-               'top5_std': _stats(one5)[1], 'top5_change': _stats(one5)[0] - _stats(ten5)[0],
-               'paper_top1_change': None, 'paper_top5_change': None,
-               'compared': 'the paper gives no figure'})
+  rows.append(dict(_row('one_view', 'baseline tested on 1 view (center), not 10',
+                        errors(finished['baseline'], views=1), base,
+                        'no published figure'),
+                   published_top1_change=None, published_top5_change=None, published=''))
   return rows
 
 
@@ -199,16 +237,27 @@ def _fmt(x, sign=False):
   return 'n/a' if x is None else (f'{x:+.2f}' if sign else f'{x:.2f}')
 
 
+def _change(r, k):
+  """'+1.23 [+0.10, +2.36] yes': the change, its 95% interval, distinguishable from zero."""
+  if r['ablation'] == 'baseline':
+    return '+0.00'
+  if r[f'{k}_low'] is None:
+    return f'{_fmt(r[f"{k}_change"], True)} (one seed: no interval)'
+  verdict = 'yes' if r[f'{k}_distinguishable'] else 'no'
+  return (f'{_fmt(r[f"{k}_change"], True)} [{_fmt(r[f"{k}_low"], True)}, '
+          f'{_fmt(r[f"{k}_high"], True)}] {verdict}')
+
+
 def write_table(rows, out: str) -> str:
-  header = ('| ablation | seeds | top-1 error (%) | top-5 error (%) | top-1 change | '
-            'top-5 change | paper top-1 change | paper top-5 change | against the paper |')
-  lines = [header, '|' + '---|' * 9]
+  header = ('| ablation | seeds | top-1 error (%) | top-5 error (%) | top-1 change [95% CI] '
+            'distinguishable | top-5 change [95% CI] distinguishable | published change '
+            '(top-1 / top-5): source (data) | against it |')
+  lines = [header, '|' + '---|' * 8]
   for r in rows:
     lines.append(
         f'| {r["ablation"]}: {r["what"]} | {r["seeds"]} | {r["top1"]:.2f} +- '
         f'{r["top1_std"]:.2f} | {r["top5"]:.2f} +- {r["top5_std"]:.2f} | '
-        f'{_fmt(r["top1_change"], True)} | {_fmt(r["top5_change"], True)} | '
-        f'{_fmt(r["paper_top1_change"], True)} | {_fmt(r["paper_top5_change"], True)} | '
+        f'{_change(r, "top1")} | {_change(r, "top5")} | {r["published"] or "none"} | '
         f'{r["compared"]} |')
   table = '\n'.join(lines)
   with open(os.path.join(out, 'ablations.md'), 'w') as f:
@@ -221,22 +270,27 @@ def write_table(rows, out: str) -> str:
 
 
 def plot(rows, out: str) -> None:
+  """The top-1 changes with their 95% intervals; a published figure where it compares."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   rows = [r for r in rows if r['ablation'] != 'baseline']
   x = range(len(rows))
+  low = [r['top1_change'] - r['top1_low'] if r['top1_low'] is not None else 0 for r in rows]
+  high = [r['top1_high'] - r['top1_change'] if r['top1_high'] is not None else 0 for r in rows]
   fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 4))
-  ax.bar(x, [r['top1_change'] for r in rows], yerr=[r['top1_std'] for r in rows],
-         capsize=3, label='this sweep (top-1, 10 views)', color='tab:blue')
-  paper = [(i, r['paper_top1_change']) for i, r in enumerate(rows)
-           if r['paper_top1_change'] is not None]
-  if paper:
-    ax.scatter(*zip(*paper), marker='D', color='tab:red', zorder=3, label='the paper')
+  ax.bar(x, [r['top1_change'] for r in rows], yerr=[low, high], capsize=3,
+         color=['tab:blue' if r['top1_distinguishable'] else 'lightsteelblue' for r in rows],
+         label='this sweep (top-1, 10 views; 95% interval, paired by seed)')
+  published = [(i, r['published_top1_change']) for i, r in enumerate(rows)
+               if r['published_top1_change'] is not None]
+  if published:
+    ax.scatter(*zip(*published), marker='D', color='tab:red', zorder=3,
+               label='published, like with like')
   ax.axhline(0, color='black', linewidth=0.8)
   ax.set_xticks(list(x), [r['ablation'] for r in rows], rotation=30, ha='right')
   ax.set_ylabel('top-1 error change vs baseline (points)')
-  ax.legend()
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(os.path.join(out, 'ablations.png'), dpi=120)
   plt.close(fig)
@@ -249,7 +303,7 @@ def define_flags():
   cli.define_config_flag(DEFAULT_CONFIG, 'Config file, `file.py` or `file.py:recipe`; '
                          'override fields as --config.section.field=value, for every run.')
   flags.DEFINE_string('out', None, 'Sweep directory (one work directory per run inside).')
-  flags.DEFINE_integer('seeds', 2, 'Seeds per ablation.')
+  flags.DEFINE_integer('seeds', 3, 'Seeds per ablation (the changes are paired by seed).')
   flags.DEFINE_list('ablations', list(ABLATIONS), 'Which ablations (baseline always runs).')
   flags.DEFINE_integer('parallel', 1, 'Runs at once on this machine.')
   flags.DEFINE_string('shard', '0/1', 'i/n: this host takes runs i, i+n, i+2n, ...')
@@ -266,6 +320,11 @@ def main(argv):
   if unknown:
     cli.fail(f'--ablations: unknown ablation {unknown[0]!r}; choose from {", ".join(ABLATIONS)}')
   ablations = ['baseline'] + [a for a in f.ablations if a != 'baseline']
+  for a in ablations:
+    if not changes_something(f.config, ABLATIONS[a]):
+      print(f'sweep: {a} left out: it changes nothing in this config '
+            f'({", ".join(f"{k}={v}" for k, v in ABLATIONS[a].changes.items())} already)')
+  ablations = [a for a in ablations if changes_something(f.config, ABLATIONS[a])]
   base_json = f.config.to_json()
   validate(base_json, ablations, f.seeds)  # Every run's config, before the first starts.
   i, n = (int(v) for v in f.shard.split('/'))

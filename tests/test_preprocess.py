@@ -50,6 +50,13 @@ def test_the_jitted_step_normalizes_as_the_host_does(kind):
   x = x[..., ::-1] if record.channels == 'BGR' else x
   want = (x - np.asarray(record.mean)) / np.asarray(record.std) / record.train_divide()
   np.testing.assert_allclose(host, want, rtol=1e-5, atol=1e-5)
+  # Without lighting offsets (data.lighting_end_epoch passed) training crops are not divided.
+  plain = (np.where(flip[:, None, None, None], crops[:, :, ::-1], crops).astype(np.float32)
+           / (255 if record.unit_scale else 1))
+  plain = plain[..., ::-1] if record.channels == 'BGR' else plain
+  np.testing.assert_allclose(
+      preprocess.normalize(crops, record, record.arrays(), flip=flip, train=True),
+      (plain - np.asarray(record.mean)) / np.asarray(record.std), rtol=1e-5, atol=1e-5)
 
 
 # Another valid value for every field of the record.

@@ -62,8 +62,8 @@ def test_every_recipe_builds_with_its_parameter_count(name):
   net = nnx.eval_shape(lambda: model.AlexNet(spec, mesh=mesh, key=jax.random.key(0)))
   built = sum(p.size for p in jax.tree.leaves(nnx.state(net, nnx.Param)))
   assert built == spec.param_count() == recipe.params
-  if recipe.paper_change:
-    assert recipe.versus in recipes.RECIPES
+  if recipe.published:
+    assert recipe.published.versus in recipes.RECIPES
 
 
 def test_a_recipe_changes_only_fields_of_the_schema():
@@ -91,6 +91,10 @@ def test_the_list_names_every_recipe_with_its_source_and_size():
   table = recipes.table()
   for r in recipes.RECIPES.values():
     assert f'| {r.name} | {r.summary} | {r.source} | {r.params:,} |' in table
+  # Each published figure with its source and data: one tower's is an ILSVRC-2010 figure.
+  one_tower = next(line for line in table.splitlines() if line.startswith('| one_tower |'))
+  assert one_tower.endswith("| +1.70 / +1.20: the paper's text; run 145-half's log against "
+                            "run 145-2010's (ILSVRC-2010 test) |")
 
 
 def test_cuda_convnet_divides_training_crops_by_1_1_and_evaluation_crops_not():

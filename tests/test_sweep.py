@@ -35,9 +35,36 @@ def test_on_run_145_the_ablations_are_their_layer_files():
   for name in ('no_lrn', 'no_overlap', 'one_tower', 'no_cross_tower', 'no_conv4'):
     ours = sweep.run_config(base, name, 0)
     assert ours.model.to_json() == recipes.config(name).model.to_json(), name
-    assert sweep.comparable(helpers.load_config('paper.py:cuda_convnet'), sweep.ABLATIONS[name])
+
+
+def test_a_published_figure_is_set_beside_a_sweep_only_like_with_like():
+  """Only the layer files' ILSVRC-2012 validation figures, on run 145's own net."""
+  run_145 = helpers.load_config('paper.py:cuda_convnet')
+  notes = {name: sweep.against_published(run_145, a) for name, a in sweep.ABLATIONS.items()}
+  assert {n for n, note in notes.items() if note.startswith('like with like')} == {
+      'no_lrn', 'no_overlap', 'no_cross_tower'}
+  assert notes['one_tower'] == 'not like with like: the figure is on ILSVRC-2010 test'
+  assert notes['no_conv4'] == notes['no_pca_lighting'] == (
+      'not like with like: no layer file, so not this very change')
+  assert notes['tanh'] == 'no published figure'
   digits = helpers.load_config('digits.py')
-  assert not any(sweep.comparable(digits, a) for a in sweep.ABLATIONS.values())
+  assert sweep.against_published(digits, sweep.ABLATIONS['no_lrn']) == (
+      "not like with like: the figure changes cuda_convnet's full net, this sweep small's")
+  # The digits have no lighting to take away: that ablation would repeat the baseline.
+  assert not sweep.changes_something(digits, sweep.ABLATIONS['no_pca_lighting'])
+  assert sweep.changes_something(run_145, sweep.ABLATIONS['no_pca_lighting'])
+  assert sweep.changes_something(digits, sweep.ABLATIONS['baseline'])
+
+
+def test_the_paired_interval_on_known_numbers():
+  """Differences 1, 2, 3 points: mean 2, sd 1, t(0.975, 2) = 4.3027: 2 +- 2.4841."""
+  base = {0: 0.10, 1: 0.20, 2: 0.30}
+  mean, low, high = sweep.paired_interval({0: 0.11, 1: 0.22, 2: 0.33}, base)
+  assert mean == pytest.approx(2.0)
+  assert (low, high) == pytest.approx((2 - 2.4841, 2 + 2.4841), abs=1e-4)
+  # Pairs by seed, not by order; seeds only one side has are left out.
+  assert sweep.paired_interval({2: 0.33, 0: 0.11, 1: 0.22, 5: 0.9}, base) == (mean, low, high)
+  assert sweep.paired_interval({0: 0.5}, base) == (pytest.approx(40.0), None, None)
 
 
 def test_a_run_that_cannot_work_stops_the_sweep_before_it_starts(tmp_path):
@@ -61,31 +88,40 @@ def write_run(out, ablation, seed, top1, top5, one_view_top1=None):
                '1view_top1_error': one_view_top1 or top1, '1view_top5_error': top5}, f)
 
 
-@pytest.mark.parametrize('spec,paper', [('paper.py:cuda_convnet', True), ('digits.py', False)])
-def test_table_compares_with_the_baseline_and_where_it_applies_the_paper(tmp_path, spec,
-                                                                        paper):
+@pytest.mark.parametrize('spec,like', [('paper.py:cuda_convnet', True), ('digits.py', False)])
+def test_table_pairs_seeds_and_sets_a_figure_beside_ours_only_like_with_like(tmp_path, spec,
+                                                                           like):
   out = str(tmp_path)
-  write_run(out, 'baseline', 0, 0.40, 0.18, one_view_top1=0.42)
-  write_run(out, 'baseline', 1, 0.42, 0.20, one_view_top1=0.44)
-  write_run(out, 'no_lrn', 0, 0.43, 0.20)
-  write_run(out, 'no_lrn', 1, 0.45, 0.22)
+  for seed, (base, lrn, tanh) in enumerate([(0.40, 0.43, 0.38), (0.42, 0.45, 0.46),
+                                            (0.30, 0.34, 0.35)]):
+    write_run(out, 'baseline', seed, base, 0.18, one_view_top1=base + 0.02)
+    write_run(out, 'no_lrn', seed, lrn, 0.20)
+    write_run(out, 'tanh', seed, tanh, 0.20)
   config = helpers.load_config(spec)
-  rows = sweep.summarize(out, ['baseline', 'no_lrn', 'tanh'], 2, config)  # tanh: not run.
-  by_name = {r['ablation']: r for r in rows}
-  assert set(by_name) == {'baseline', 'no_lrn', 'one_view'}
-  assert by_name['no_lrn']['top1'] == pytest.approx(44.0)
-  assert by_name['no_lrn']['top1_std'] == pytest.approx(1.4142, abs=1e-4)
-  assert by_name['no_lrn']['top1_change'] == pytest.approx(3.0)
+  rows = sweep.summarize(out, ['baseline', 'no_lrn', 'tanh', 'no_dropout'], 3, config)
+  by_name = {r['ablation']: r for r in rows}  # no_dropout: not run.
+  assert list(by_name) == ['baseline', 'no_lrn', 'tanh', 'one_view']
+  lrn = by_name['no_lrn']
+  assert lrn['top1'] == pytest.approx(40.6667, abs=1e-4)
+  assert lrn['top1_change'] == pytest.approx(10 / 3)  # 3, 3 and 4 points, paired.
+  assert (lrn['top1_low'], lrn['top1_high']) == pytest.approx(
+      (10 / 3 - 4.3027 * 0.57735 / 3 ** 0.5, 10 / 3 + 4.3027 * 0.57735 / 3 ** 0.5), abs=1e-3)
+  assert lrn['top1_distinguishable'] and not by_name['tanh']['top1_distinguishable']
   assert by_name['one_view']['top1_change'] == pytest.approx(2.0)
   table = sweep.write_table(rows, out)
-  if paper:  # Run 145 against run 148: the layer file the paper's figure came from.
-    assert by_name['no_lrn']['paper_top1_change'] == 1.4
-    assert '| +1.40 | +1.20 | the paper: cuda-convnet layers-148.cfg' in table
+  assert ('| no_lrn: no local response normalization | 3 | 40.67 +- 5.86 | 20.00 +- 0.00 | '
+          '+3.33 [+1.90, +4.77] yes | +2.00 [+2.00, +2.00] yes |') in table
+  assert '| tanh: tanh instead of ReLU | 3 | 39.67 +- 5.69 |' in table
+  assert '+1.40 / +1.20: the paper\'s text; run 148\'s log against run 145\'s' in table
+  if like:  # Run 145 against run 148: the layer file the figure came from, same data.
+    assert lrn['published_top1_change'] == 1.4
+    assert table.splitlines()[3].endswith(
+        '| like with like (same net; the figure is on ILSVRC-2012 validation) |')
   else:
-    assert by_name['no_lrn']['paper_top1_change'] is None
-    assert ("| n/a | n/a | not comparable: the paper changes cuda_convnet's full net, this "
-            "sweep small's |") in table
-  assert '| no_lrn: no local response normalization | 2 | 44.00 +- 1.41 |' in table
+    assert lrn['published_top1_change'] is None
+    assert table.splitlines()[3].endswith(
+        "| not like with like: the figure changes cuda_convnet's full net, this sweep "
+        "small's |")
   assert list(csv.DictReader(open(tmp_path / 'ablations.csv')))[1]['ablation'] == 'no_lrn'
   sweep.plot(rows, out)
   assert (tmp_path / 'ablations.png').stat().st_size > 1000

@@ -117,7 +117,7 @@ def test_bad_config_fails_before_training_in_one_line(tmp_path, overrides, messa
                             r'\(opt_state/.*/conv1/bias/value is float32\[2, 6\] there, '
                             r'float32\[2, 12\] here; this config differs from theirs in '
                             r'model\.width\); resume with their settings'),
-    ({'optim.bias_lr_multiplier': 2.0}, r'differs from theirs in optim\.bias_lr_multiplier\)'),
+    ({'model.fc8_per_tower': False}, r'differs from theirs in model\.fc8_per_tower\)'),
 ])
 def test_resuming_with_another_net_fails_in_one_line_and_touches_nothing(tmp_path, overrides,
                                                                          message):
@@ -132,10 +132,12 @@ def test_resuming_with_another_net_fails_in_one_line_and_touches_nothing(tmp_pat
 
 
 def test_what_leaves_the_state_alone_may_change_on_resume(tmp_path):
-  """Dropout and the compute dtype change no parameter or buffer: the run resumes."""
+  """Dropout, the compute dtype and the rates change no parameter or buffer: the run
+  resumes."""
   train.train_and_evaluate(train_config(num_epochs=1), str(tmp_path))
   final = train.train_and_evaluate(train_config(**{
-      'model.dropout_rate': 0.3, 'model.compute_dtype': 'bfloat16'}), str(tmp_path))
+      'model.dropout_rate': 0.3, 'model.compute_dtype': 'bfloat16',
+      'optim.bias_lr_multiplier': 2.0}), str(tmp_path))
   assert final['step'] == 6 and helpers.checkpoint_steps(tmp_path) == [3, 6]
 
 
@@ -451,3 +453,60 @@ def test_a_profile_of_two_steps_lands_in_tensorboard(tmp_path):
   assert list((tmp_path / 'tensorboard' / 'plugins' / 'profile').glob('*/*.xplane.pb'))
   with pytest.raises(ValueError, match=r"^profile_steps: 'A:B' with 1 <= A <= B, got '3'$"):
     train.train_and_evaluate(train_config(profile_steps='3'), str(tmp_path / 'bad'))
+
+
+SCHEDULE_FIELDS = ('optim.base_lr', 'optim.schedule', 'optim.manual_drop_epochs',
+                   'optim.bias_lr_multiplier', 'optim.bias_lr_follows_schedule',
+                   'optim.layer_lr_multipliers', 'optim.freeze', 'data.lighting_std',
+                   'data.lighting_rescale', 'data.lighting_end_epoch')
+
+
+def run_145_schedule(workdir, num_epochs):
+  """A one-step-per-epoch run with :cuda_convnet's whole schedule (its own epochs: 25, 51,
+  67, 72), resuming from `workdir`; per step: (step, lighting, conv1's kernel and bias before
+  and after, the rates it trained at)."""
+  recipe = alexnet_jax.recipes.config('cuda_convnet')
+  config = train_config(num_epochs=num_epochs, steps_per_epoch=1, **{
+      name: recipe[name.split('.')[0]][name.split('.')[1]] for name in SCHEDULE_FIELDS},
+      **{'eval.every_epochs': 100, 'checkpoint.every_epochs': 100, 'eval.ten_views': False})
+  trainer = train.start(config, str(workdir))
+  records, step_fn = [], trainer.train_step
+  conv1 = lambda s: [np.array(s.params['conv1'][k][...]) for k in ('kernel', 'bias')]
+
+  def recording(state, batch, arrays, lighting=True):
+    before = conv1(state)
+    rates = {f'{path[0].key}/{path[1].key}': float(eps) for path, eps in
+             jax.tree_util.tree_leaves_with_path(state.opt_state.rates)}
+    step = int(state.step)
+    state, metrics = step_fn(state, batch, arrays, lighting=lighting)
+    records.append((step, lighting, before, conv1(state), rates))
+    return state, metrics
+
+  trainer.train_step = recording
+  trainer.run()
+  trainer.finish()
+  return records, trainer.state.params
+
+
+def test_run_145s_schedule_to_its_last_epoch_and_after_a_resume(tmp_path):
+  """Colour noise on until epoch 67 and off after; conv1 learning until 72 (at 1e-5 from
+  67), then bit for bit unchanged; biases at 0.02 throughout while the weights drop; the
+  same when a resume lands between 67 and 72, ending where the uninterrupted run ends."""
+  records, straight = run_145_schedule(tmp_path / 'straight', 74)
+  assert [r[0] for r in records] == list(range(74))
+  for step, lighting, before, after, rates in records:
+    assert lighting == (step < 67), step
+    weights = 0.01 * 0.1 ** sum(step >= e for e in (25, 51))
+    assert rates['fc6/kernel'] == pytest.approx(weights), step
+    assert rates['fc6/bias'] == rates['conv5/bias'] == pytest.approx(0.02), step
+    frozen = step >= 72
+    assert rates['conv1/kernel'] == pytest.approx(
+        0.0 if frozen else weights * (0.1 if step >= 67 else 1)), step
+    assert rates['conv1/bias'] == pytest.approx(0.0 if frozen else 0.02), step
+    for b, a in zip(before, after):
+      assert np.array_equal(b, a) == frozen, step
+
+  run_145_schedule(tmp_path / 'resumed', 70)
+  resumed, params = run_145_schedule(tmp_path / 'resumed', 74)
+  assert [(r[0], r[1], r[4]) for r in resumed] == [r[:2] + r[4:] for r in records[70:]]
+  jax.tree.map(np.testing.assert_array_equal, params, straight)
