@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import importlib.resources
 import hashlib
 import importlib.util
 import os
@@ -318,21 +319,32 @@ class FolderSource:
       raise BadExample(item.path, str(e) or type(e).__name__) from None
 
 
-@functools.lru_cache(maxsize=4)
-def _folder_stats(root: str, split: str, canvas: preprocess.Preprocessing) -> Stats:
-  """Pixel statistics of up to FOLDER_STATS_SAMPLE of a folder's images, spread evenly over
-  it, as `prepare` computes them for all (read once per process)."""
-  folder = FolderSource(root, split, canvas)
-  step = max(1, len(folder) // FOLDER_STATS_SAMPLE)
+def sampled_stats(source, classes, where: str) -> Stats:
+  """Pixel statistics (mean image, per-channel mean, lighting's eigenvectors) of up to
+  FOLDER_STATS_SAMPLE of a training split's images spread evenly over it, as `prepare`
+  computes them for all: a folder or a tfds dataset read as it is (once per process)."""
+  step = max(1, len(source) // FOLDER_STATS_SAMPLE)
   sample = []
-  for i in range(0, len(folder), step)[:FOLDER_STATS_SAMPLE]:
+  for i in range(0, len(source), step)[:FOLDER_STATS_SAMPLE]:
     try:
-      sample.append(folder[i][0])
+      sample.append(source[i][0])
     except BadExample:  # Skipped here; named and counted when training reads it.
       continue
   if not sample:
-    raise DataError(f'data.path: none of the images sampled in {root!r}/{split} can be read')
-  return Stats.of_images(tuple(folder.classes), np.stack(sample))
+    raise DataError(f'data.path: none of the images sampled in {where} can be read')
+  return Stats.of_images(tuple(classes), np.stack(sample))
+
+
+@functools.lru_cache(maxsize=4)  # Read once per process.
+def _folder_stats(root: str, split: str, canvas: preprocess.Preprocessing) -> Stats:
+  folder = FolderSource(root, split, canvas)
+  return sampled_stats(folder, folder.classes, f'{root!r}/{split}')
+
+
+@functools.lru_cache(maxsize=4)
+def _tfds_stats(name: str, split: str, data_dir: str | None, size: int) -> Stats:
+  source = TfdsSource(name, split, data_dir, size)
+  return sampled_stats(source, source.classes(), f'{name} {split}')
 
 
 class TfdsSource:
@@ -367,6 +379,25 @@ class TfdsSource:
   def classes(self) -> tuple[str, ...]:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     return tuple(tfds.builder(self.name, data_dir=self.data_dir).info.features['label'].names)
+
+
+def imagenet_labels() -> list[str]:
+  """The 1000 ILSVRC-2012 WordNet ids in tensorflow-datasets' (sorted) order."""
+  return _tfds_resource('labels.txt')
+
+
+def imagenet_validation_labels() -> list[str]:
+  """The WordNet id of each of the 50,000 validation images, in file-number order."""
+  return _tfds_resource('validation_labels.txt')
+
+
+def _tfds_resource(name: str) -> list[str]:
+  try:
+    path = importlib.resources.files('tensorflow_datasets') / 'datasets' / 'imagenet2012' / name
+    return path.read_text().split()
+  except (ImportError, OSError) as e:
+    raise DataError(f'ImageNet labels come from tensorflow-datasets: pip install '
+                    f'tensorflow-datasets ({e})') from None
 
 
 def read_metadata(directory: str) -> dict:
@@ -547,6 +578,8 @@ def open_source(data, split: str):
     return ArraySource(x, y), _digits_stats(data.image_size)
   if source == 'tfds':  # tfds's own default data_dir when no path is given.
     source = TfdsSource(data.tfds_name, split, path or None, data.image_size)
+    if split == data.train_split:  # Its own statistics, never ImageNet's assumed.
+      return source, _tfds_stats(data.tfds_name, split, path or None, data.image_size)
     return source, Stats(classes=source.classes())
   if not path:
     raise DataError(f'data.path: the {source!r} source needs a path')

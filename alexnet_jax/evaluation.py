@@ -52,10 +52,17 @@ def per_view_probabilities(net, images_u8, preprocessing, arrays, *, views: int)
   if views == 1 and images_u8.shape[1] != crop:  # preprocess.center_crop, batched.
     top, left = (images_u8.shape[1] - crop) // 2, (images_u8.shape[2] - crop) // 2
     images_u8 = images_u8[:, top:top + crop, left:left + crop]
-  if views == 10:
-    images_u8 = preprocess.ten_views(images_u8, preprocessing.crop)  # (B, 10, c, c, 3)
-    images_u8 = images_u8.reshape((-1,) + images_u8.shape[2:])
-  probs = jax.nn.softmax(net(preprocess.normalize(images_u8, preprocessing, arrays)))
+  if views == 10 and arrays['mean'].shape[:2] == images_u8.shape[1:3]:
+    # A whole mean image (Caffe's): subtracted from the canvases, then each view cropped
+    # (and reflected) from the result, so that every view has the mean under it removed.
+    inputs = preprocess.ten_views(preprocess.normalize(images_u8, preprocessing, arrays), crop)
+    inputs = inputs.reshape((-1,) + inputs.shape[2:])
+  else:
+    if views == 10:
+      images_u8 = preprocess.ten_views(images_u8, crop)  # (B, 10, c, c, 3)
+      images_u8 = images_u8.reshape((-1,) + images_u8.shape[2:])
+    inputs = preprocess.normalize(images_u8, preprocessing, arrays)
+  probs = jax.nn.softmax(net(inputs))
   return probs.reshape((-1, views, probs.shape[-1]))
 
 

@@ -226,7 +226,13 @@ def load(reference: str, *, config: ml_collections.ConfigDict | None = None, mes
 
 
 def _data_classes(config) -> tuple[str, ...]:
+  """The classes of a model whose checkpoint does not name them (a weights file): its
+  training data's when at hand; else, for 1000 classes, ILSVRC-2012's WordNet ids in sorted
+  order, the labels of torchvision's, Caffe's and every ImageNet run's weights; else '0', '1',
+  ... (unknown)."""
   try:
     return tuple(datasets.open_source(config.data, config.data.train_split)[1].classes)
   except (datasets.DataError, OSError):
+    if config.model.num_classes == 1000:
+      return tuple(datasets.imagenet_labels())
     return tuple(str(i) for i in range(config.model.num_classes))

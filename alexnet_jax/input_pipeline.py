@@ -56,16 +56,17 @@ class Augment:
   preprocessing: preprocess.Preprocessing
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator):
-    """(crop, flip, lighting offset). The crop is not yet reflected: `normalize` applies
-    `flip`, on the device, where a reflection is nearly free (a reversed 3-byte-pixel copy
-    costs numpy as much as a whole JPEG decode)."""
+    """(crop, flip, lighting offset, (top, left)). The crop is not yet reflected: `normalize`
+    applies `flip`, on the device, where a reflection is nearly free (a reversed 3-byte-pixel
+    copy costs numpy as much as a whole JPEG decode); the position places a whole mean image
+    under it (Caffe)."""
     p = self.preprocessing
     s = image.shape[0]
     top, left = (int(v) for v in rng.integers(0, s - p.crop + 1, size=2))
     flip = np.bool_(p.flip and rng.random() < 0.5)
     crop = np.ascontiguousarray(image[top:top + p.crop, left:left + p.crop])
     light = p.lighting(rng) if p.lighting_std > 0 else np.zeros(3, np.float32)
-    return crop, flip, light
+    return crop, flip, light, np.asarray((top, left), np.int32)
 
 
 # ---- The grain pipeline ----------------------------------------------------------------------
@@ -127,9 +128,10 @@ class TrainExample:
   def __call__(self, index_position):
     index, position = index_position
     image, label, bad = self.source.read(index)
-    crop, flip, light = self.augment(image, np.random.default_rng([self.seed, position]))
-    return {'image': crop, 'flip': flip, 'lighting': light, 'label': np.int32(label),
-            'index': np.int32(index), 'bad': np.int32(bad)}
+    crop, flip, light, offset = self.augment(image,
+                                             np.random.default_rng([self.seed, position]))
+    return {'image': crop, 'flip': flip, 'lighting': light, 'offset': offset,
+            'label': np.int32(label), 'index': np.int32(index), 'bad': np.int32(bad)}
 
 
 class TrainBatch:
@@ -169,7 +171,7 @@ class HostNormalize:
   def __call__(self, batch):
     p = self.preprocessing
     image = preprocess.normalize(batch['image'], p, p.arrays(), lighting=batch['lighting'],
-                                 flip=batch['flip'], train=True)
+                                 flip=batch['flip'], offsets=batch['offset'], train=True)
     return dict(batch, image=image, lighting=np.zeros_like(batch['lighting']),
                 flip=np.zeros_like(batch['flip']))
 

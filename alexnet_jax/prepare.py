@@ -32,7 +32,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
-import importlib.resources
 import json
 import logging
 import multiprocessing
@@ -55,25 +54,6 @@ class PrepareError(ValueError):
 
 
 # ---- Listing the examples of each source -----------------------------------------------------
-
-
-def imagenet_labels() -> list[str]:
-  """The 1000 ILSVRC-2012 WordNet ids in tensorflow-datasets' (sorted) order."""
-  return _tfds_resource('labels.txt')
-
-
-def imagenet_validation_labels() -> list[str]:
-  """The WordNet id of each of the 50,000 validation images, in file-number order."""
-  return _tfds_resource('validation_labels.txt')
-
-
-def _tfds_resource(name: str) -> list[str]:
-  try:
-    path = importlib.resources.files('tensorflow_datasets') / 'datasets' / 'imagenet2012' / name
-    return path.read_text().split()
-  except (ImportError, OSError) as e:
-    raise PrepareError(f'ImageNet labels come from tensorflow-datasets: pip install '
-                       f'tensorflow-datasets ({e})') from None
 
 
 def list_folder(root: str) -> tuple[list[str], dict[str, list[Item]]]:
@@ -101,7 +81,7 @@ def list_ilsvrc(root: str) -> tuple[list[str], dict[str, list[Item]]]:
 
 
 def _list_ilsvrc(root: str):
-  wnids = imagenet_labels()
+  wnids = datasets.imagenet_labels()
   index = {w: i for i, w in enumerate(wnids)}
   train_tar = os.path.join(root, 'ILSVRC2012_img_train.tar')
   val_tar = os.path.join(root, 'ILSVRC2012_img_val.tar')
@@ -124,7 +104,7 @@ def _list_ilsvrc(root: str):
                   for name, off, sz in sorted(inner)]
     out['train'] = items
   if os.path.isfile(val_tar):
-    labels = imagenet_validation_labels()
+    labels = datasets.imagenet_validation_labels()
     items = []
     for name, offset, size in sorted(_tar_members(val_tar)):
       stem = os.path.splitext(os.path.basename(name))[0]

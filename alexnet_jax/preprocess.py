@@ -64,9 +64,10 @@ class Preprocessing:
   crop: int = 224  # The net's input side.
   channels: str = 'RGB'  # 'BGR': the order Caffe's weights expect.
   unit_scale: bool = False  # Divide pixels by 255 first (torchvision's ToTensor).
-  # Subtracted, in the units and channel order above: a per-pixel image (crop, crop, 3) (the
-  # centre crop of the training set's mean image, subtracted from every crop, as the code
-  # does) or a per-channel (3,) mean.
+  # Subtracted, in the units and channel order above: a per-channel (3,) mean; a per-pixel
+  # image (crop, crop, 3), the centre crop of the training set's mean image, subtracted from
+  # every crop (cuda-convnet); or the whole (size, size, 3) mean image, whose pixels under
+  # each crop are subtracted from it, wherever it was taken (Caffe's data layer).
   mean: Any = (0.0, 0.0, 0.0)
   std: tuple[float, ...] = (1.0,)  # Divides: per channel (3,) or one scalar (1,).
   # Training only (s4).
@@ -87,8 +88,9 @@ class Preprocessing:
       fail('channels', f"must be 'RGB' or 'BGR', got {self.channels!r}")
     if not 0 < self.crop <= self.size:
       fail('crop', f'{self.crop} does not fit in the {self.size}x{self.size} canvas')
-    if np.shape(self.mean) not in ((3,), (self.crop, self.crop, 3)):
-      fail('mean', f'must be (3,) or ({self.crop}, {self.crop}, 3), got {np.shape(self.mean)}')
+    if np.shape(self.mean) not in ((3,), (self.crop, self.crop, 3), (self.size, self.size, 3)):
+      fail('mean', f'must be (3,), ({self.crop}, {self.crop}, 3) or ({self.size}, {self.size}, '
+           f'3), got {np.shape(self.mean)}')
     if len(self.std) not in (1, 3) or min(self.std) <= 0:
       fail('std', f'must be 1 or 3 positive values, got {self.std}')
     if self.lighting_std < 0:
@@ -167,7 +169,7 @@ class Preprocessing:
   def with_inputs_of(self, other: Preprocessing) -> Preprocessing:
     """This record's canvas and augmentation with `other`'s pixel scaling, channel order,
     mean and std: what a net trained on `other` expects of its inputs (transfer learning)."""
-    if np.ndim(other.mean) == 3 and np.shape(other.mean)[0] != self.crop:
+    if np.ndim(other.mean) == 3 and np.shape(other.mean)[0] not in (self.crop, self.size):
       raise ValueError(f'preprocessing: a {np.shape(other.mean)[0]}px mean image cannot centre '
                        f'{self.crop}px crops')
     return dataclasses.replace(self, unit_scale=other.unit_scale, channels=other.channels,
@@ -231,14 +233,16 @@ class Preprocessing:
 
 
 def normalize(images_u8, preprocessing: Preprocessing, arrays, *, lighting=None, flip=None,
-              train: bool = False):
+              offsets=None, train: bool = False):
   """uint8 RGB crops (B, c, c, 3) -> the net's float32 input, as `preprocessing` says.
 
   Reflects where `flip`, adds the lighting offset (0-255 RGB), scales to [0, 1] if
   unit_scale, reorders the channels, subtracts the mean, divides by std (and, for training
   crops given lighting offsets, by 1 + lighting_std when the record says so). `arrays` is
-  `preprocessing.arrays()` (device arrays inside jit). jax.numpy inside jit, numpy on the host:
-  the same arithmetic in the same order.
+  `preprocessing.arrays()` (device arrays inside jit). A whole mean image larger than the
+  crops is subtracted at each crop's (top, left) in `offsets` (B, 2) (default: the centre),
+  reflected with it. jax.numpy inside jit, numpy on the host: the same arithmetic in the
+  same order. Whole canvases with a mean image their size are normalized as they are.
   """
   xp = jnp if isinstance(images_u8, jax.Array) else np
   if flip is not None:
@@ -250,9 +254,29 @@ def normalize(images_u8, preprocessing: Preprocessing, arrays, *, lighting=None,
     x = x * xp.float32(1 / 255)
   if preprocessing.channels == 'BGR':
     x = x[..., ::-1]
-  x = (x - arrays['mean']) / arrays['std']
+  mean = arrays['mean']
+  if mean.ndim == 3 and mean.shape[0] > x.shape[1]:
+    mean = mean_under_crops(mean, x.shape[1], len(x), offsets, flip)
+  x = (x - mean) / arrays['std']
   divide = preprocessing.train_divide() if train and lighting is not None else 1.0
   return x / xp.float32(divide) if divide != 1.0 else x
+
+
+def mean_under_crops(mean, crop: int, count: int, offsets=None, flip=None):
+  """(count, crop, crop, 3): the mean image's pixels under each crop at `offsets` (top, left)
+  (default: the centre), reflected where the crop was."""
+  xp = jnp if isinstance(mean, jax.Array) else np
+  if offsets is None:
+    c = (mean.shape[0] - crop) // 2
+    offsets = xp.full((count, 2), c, xp.int32)
+  if xp is jnp:
+    patches = jax.vmap(lambda o: jax.lax.dynamic_slice(mean, (o[0], o[1], 0),
+                                                      (crop, crop, mean.shape[2])))(offsets)
+  else:
+    patches = np.stack([mean[t:t + crop, l:l + crop] for t, l in np.asarray(offsets)])
+  if flip is not None:
+    patches = xp.where(flip[:, None, None, None], patches[:, :, ::-1], patches)
+  return patches
 
 
 def center_crop(image: np.ndarray, crop: int) -> np.ndarray:
@@ -314,10 +338,11 @@ def caffe(mean_image_bgr: np.ndarray | None = None, crop: int = 227, size: int =
           **training) -> Preprocessing:
   """Caffe's bvlc_alexnet: images warped to size x size as its `convert_imageset --resize`
   stored them (OpenCV's bilinear, no antialiasing), BGR, 0-255, minus the mean image
-  (`mean_image_bgr`, (size, size, 3) BGR, e.g. ilsvrc_2012_mean.npy transposed to HWC; its
-  centre crop) or, without one, the per-channel (104, 117, 123)."""
-  mean = (center_crop(np.asarray(mean_image_bgr, np.float32), crop)
-          if mean_image_bgr is not None else CAFFE_MEAN_BGR)
+  (`mean_image_bgr`, (size, size, 3) BGR, e.g. ilsvrc_2012_mean.npy transposed to HWC, at
+  each crop's own position, as Caffe's data layer subtracts it) or, without one, the
+  per-channel (104, 117, 123)."""
+  mean = (np.asarray(mean_image_bgr, np.float32) if mean_image_bgr is not None
+          else CAFFE_MEAN_BGR)
   return Preprocessing(resize='warp', size=size, antialias=False, crop=crop, channels='BGR',
                        mean=mean, **training)
 

@@ -79,7 +79,7 @@ def make_train_step(graphdef, tx, *, seed: int, num_classes: int,
     if not normalized:
       images = preprocess.normalize(images, preprocessing, arrays,
                                     lighting=batch['lighting'] if lighting else None,
-                                    flip=batch['flip'], train=True)
+                                    flip=batch['flip'], offsets=batch.get('offset'), train=True)
 
     def loss_fn(params):
       logits = nnx.merge(graphdef, params)(images, train=True, dropout_key=dropout_key)

@@ -63,7 +63,8 @@ def programs(recipe: str, dtype: str, kernels: str):
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
   train_batch = {'image': spec((batch, crop, crop, 3), jnp.uint8),
                  'label': spec((batch,), jnp.int32), 'flip': spec((batch,), jnp.bool_),
-                 'lighting': spec((batch, 3), jnp.float32), 'index': spec((batch,), jnp.int32),
+                 'lighting': spec((batch, 3), jnp.float32), 'offset': spec((batch, 2), jnp.int32),
+                 'index': spec((batch,), jnp.int32),
                  'bad': spec((batch,), jnp.int32)}
   eval_batch = {'image': spec((batch, size, size, 3), jnp.uint8),
                 'label': spec((batch,), jnp.int32), 'mask': spec((batch,), jnp.bool_),

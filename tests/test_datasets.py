@@ -61,6 +61,12 @@ def test_tfds_data_source_reads_the_records(tmp_path):
       np.testing.assert_array_equal(image, images.array_resized(np.asarray(records[i]['image']),
                                                                 36))
     batch = next(iter(input_pipeline.create(config).train))
+    # Its per-channel mean (data.mean='rgb') and lighting come from its own images (all 20
+    # sampled here), never ImageNet's constants assumed.
+    own = datasets.Stats.of_images(stats.classes, np.stack([source[i][0] for i in range(20)]))
+  assert stats.mean_rgb == pytest.approx(own.mean_rgb) and stats.eigval == pytest.approx(
+      own.eigval)
+  assert stats.mean_rgb != pytest.approx(datasets.IMAGENET_MEAN_RGB, abs=1)
   assert len(stats.classes) == 1000 and stats.classes[281] == 'n02123045'
   assert batch['image'].shape == (16, 32, 32, 3) and batch['image'].dtype == np.uint8
 

@@ -29,7 +29,8 @@ def test_crop_bounds_and_flip_rate():
   tops, lefts, flips = set(), set(), 0
   n = 4000
   for _ in range(n):
-    crop, flip, light = aug(image, rng)
+    crop, flip, light, offset = aug(image, rng)
+    assert tuple(offset) == (int(crop[0, 0, 0]), int(crop[0, 0, 1]))  # Where it was taken.
     crop = preprocess.normalize(crop[None], record, record.arrays(), lighting=light[None],
                                 flip=np.asarray([flip]))[0]
     assert crop.shape == (32, 32, 3) and not light.any()
@@ -195,8 +196,12 @@ def test_a_batch_holds_its_examples_augmented_as_the_seed_and_position_say():
     index, position = positions[16 + row]
     assert position == 16 + row
     image, label = source[index]
-    crop, flip, light = augment(image, np.random.default_rng([3, position]))
+    crop, flip, light, offset = augment(image, np.random.default_rng([3, position]))
     np.testing.assert_array_equal(batch['image'][row], crop)
+    np.testing.assert_array_equal(batch['offset'][row], offset)
+    top, left = offset
+    np.testing.assert_array_equal(image[top:top + crop.shape[0], left:left + crop.shape[1]],
+                                  crop)
     assert batch['flip'][row] == flip and batch['label'][row] == label
     np.testing.assert_array_equal(batch['lighting'][row], light)
   assert batch['flip'].any() and not batch['flip'].all() and batch['lighting'].std() > 0

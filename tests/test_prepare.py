@@ -55,10 +55,10 @@ def ilsvrc(tmp_path_factory):
 
 
 def test_imagenet_labels_come_from_tfds():
-  labels = prepare.imagenet_labels()
+  labels = datasets.imagenet_labels()
   assert len(labels) == 1000 and labels == sorted(labels)
   assert labels.index('n02123045') == 281
-  assert prepare.imagenet_validation_labels()[:3] == ['n01751748', 'n09193705', 'n02105855']
+  assert datasets.imagenet_validation_labels()[:3] == ['n01751748', 'n09193705', 'n02105855']
 
 
 def test_prepare_ilsvrc_end_to_end(ilsvrc, tmp_path, caplog):
@@ -70,7 +70,7 @@ def test_prepare_ilsvrc_end_to_end(ilsvrc, tmp_path, caplog):
   assert sorted(s.split(':')[0] for s in train['skipped_files']) == [
       'n01440764/n01440764_3.JPEG', 'n02123045/n02123045_3.JPEG']
   assert any('n02123045_3.JPEG' in r.getMessage() for r in caplog.records)
-  index = {w: i for i, w in enumerate(prepare.imagenet_labels())}
+  index = {w: i for i, w in enumerate(datasets.imagenet_labels())}
   src = datasets.PreparedSource(str(out), 'train')
   assert [src[i][1] for i in range(len(src))] == [index['n01440764']] * 2 + [
       index['n02105855']] + [index['n02123045']] * 2

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 import alexnet_jax
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
+from alexnet_jax import predict
 from alexnet_jax import preprocess
 from alexnet_jax import weights
 import helpers
@@ -38,25 +39,58 @@ def test_the_jitted_step_normalizes_as_the_host_does(kind):
   crops = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
   flip = np.asarray([True, False, True, False])
   light = np.stack([record.lighting(rng) for _ in range(4)])
+  offsets = rng.integers(0, 40 - 32 + 1, (4, 2)).astype(np.int32)
   for train in (False, True):
     host = preprocess.normalize(crops, record, record.arrays(), lighting=light, flip=flip,
-                                train=train)
-    device = jax.jit(lambda x, l, f, a, train=train: preprocess.normalize(
-        x, record, a, lighting=l, flip=f, train=train))(crops, light, flip, record.arrays())
+                                offsets=offsets, train=train)
+    device = jax.jit(lambda x, l, f, o, a, train=train: preprocess.normalize(
+        x, record, a, lighting=l, flip=f, offsets=o, train=train))(
+            crops, light, flip, offsets, record.arrays())
     np.testing.assert_allclose(np.asarray(device), host, rtol=1e-6, atol=1e-6)
   # The host's numbers by hand: reflect, add the lighting, scale, reorder, centre, divide.
   x = np.where(flip[:, None, None, None], crops[:, :, ::-1], crops) + light[:, None, None]
   x = x / 255 if record.unit_scale else x
   x = x[..., ::-1] if record.channels == 'BGR' else x
-  want = (x - np.asarray(record.mean)) / np.asarray(record.std) / record.train_divide()
+  mean = np.asarray(record.mean)
+  if kind == 'caffe':  # The whole mean image: the pixels under each crop, reflected with it.
+    mean = np.stack([mean[t:t + 32, l:l + 32][:, ::-1] if f else mean[t:t + 32, l:l + 32]
+                     for (t, l), f in zip(offsets, flip)])
+  want = (x - mean) / np.asarray(record.std) / record.train_divide()
   np.testing.assert_allclose(host, want, rtol=1e-5, atol=1e-5)
   # Without lighting offsets (data.lighting_end_epoch passed) training crops are not divided.
   plain = (np.where(flip[:, None, None, None], crops[:, :, ::-1], crops).astype(np.float32)
            / (255 if record.unit_scale else 1))
   plain = plain[..., ::-1] if record.channels == 'BGR' else plain
   np.testing.assert_allclose(
-      preprocess.normalize(crops, record, record.arrays(), flip=flip, train=True),
-      (plain - np.asarray(record.mean)) / np.asarray(record.std), rtol=1e-5, atol=1e-5)
+      preprocess.normalize(crops, record, record.arrays(), flip=flip, offsets=offsets,
+                           train=True),
+      (plain - mean) / np.asarray(record.std), rtol=1e-5, atol=1e-5)
+
+
+def test_caffe_subtracts_the_mean_image_under_each_crop_as_its_data_layer_does():
+  """Caffe's DataTransformer: out[h, w] = datum[h_off + h, w_off + w] - mean[h_off + h,
+  w_off + w], written mirrored when mirroring. So a crop taken anywhere (a training crop, or
+  one of the 10 views) is the same crop of the canvas minus the whole mean image."""
+  record = small_records()['caffe']
+  rng = np.random.default_rng(2)
+  canvases = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
+  whole = canvases[..., ::-1].astype(np.float32) - np.asarray(record.mean)  # BGR - mean.
+  offsets = np.asarray([[0, 8], [5, 3], [8, 0]], np.int32)
+  flip = np.asarray([False, True, True])
+  crops = np.stack([c[t:t + 32, l:l + 32] for c, (t, l) in zip(canvases, offsets)])
+  want = np.stack([w[t:t + 32, l:l + 32][:, ::-1] if f else w[t:t + 32, l:l + 32]
+                   for w, (t, l), f in zip(whole, offsets, flip)])
+  got = jax.jit(lambda x, f, o, a: preprocess.normalize(x, record, a, flip=f, offsets=o))(
+      crops, flip, offsets, record.arrays())
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
+  # The 10 views: each the view of (canvas - mean), as if normalized at its own position.
+  views = preprocess.ten_views(whole, 32)
+  firsts = preprocess.ten_views(canvases, 32)[:, :5]
+  starts = np.asarray([[0, 0], [0, 8], [8, 0], [8, 8], [4, 4]], np.int32)
+  for v in range(10):
+    one = preprocess.normalize(firsts[:, v % 5], record, record.arrays(),
+                               flip=np.full(3, v >= 5), offsets=np.tile(starts[v % 5], (3, 1)))
+    np.testing.assert_allclose(one, views[:, v], rtol=1e-5, atol=1e-4)
 
 
 # Another valid value for every field of the record.
@@ -76,9 +110,10 @@ def inputs(record, photo: bytes):
   augment = input_pipeline.Augment(record)
   training = []
   for seed in range(8):
-    crop, flip, light = augment(canvas, np.random.default_rng(seed))
+    crop, flip, light, offset = augment(canvas, np.random.default_rng(seed))
     training.append(preprocess.normalize(crop[None], record, record.arrays(),
-                                         lighting=light[None], flip=flip[None], train=True))
+                                         lighting=light[None], flip=flip[None],
+                                         offsets=offset[None], train=True))
   return evaluation, np.concatenate(training)
 
 
@@ -166,6 +201,15 @@ def test_torchvision_weights_see_torchvisions_pixels(tmp_path):
   assert_same_logits(np.asarray(trained.net(ours)), want)
   np.testing.assert_allclose(trained.probabilities(1)(crops),
                              torch.softmax(torch.from_numpy(want), -1).numpy(), atol=1e-6)
+  # predict names ImageNet's classes, as torchvision users know them, not label numbers.
+  assert trained.classes[281] == 'n02123045' and trained.class_names()[281] == 'tabby'
+  (tmp_path / 'photo.jpg').write_bytes(photos[0])
+  line, = predict.predict(trained, [str(tmp_path / 'photo.jpg')], top=5)
+  best = np.argsort(-want[0])[:5]
+  assert line.startswith(f'{tmp_path}/photo.jpg: ' + ', '.join(
+      f'{inference.imagenet_names()[k]} ' for k in best[:1]))
+  assert [n.rsplit(' ', 1)[0] for n in line.split(': ', 1)[1].split(', ')] == [
+      inference.imagenet_names()[k] for k in best]
   # A file torchvision's module wrote loads back to the same parameters.
   want_params = weights.state_dict(net)
   torch.save(reference.state_dict(), tmp_path / 'torchvision.pth')
