@@ -281,7 +281,7 @@ def plot(rows, out: str) -> None:
   fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 4))
   ax.bar(x, [r['top1_change'] for r in rows], yerr=[low, high], capsize=3,
          color=['tab:blue' if r['top1_distinguishable'] else 'lightsteelblue' for r in rows],
-         label='this sweep (top-1, 10 views; 95% interval, paired by seed)')
+         label='this sweep (top-1, 10 views; 95% interval, paired by seed; pale: it holds 0)')
   published = [(i, r['published_top1_change']) for i, r in enumerate(rows)
                if r['published_top1_change'] is not None]
   if published:
