@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 from typing import TYPE_CHECKING
 
 from absl import app
@@ -67,6 +68,22 @@ def quiet_libraries() -> None:
     return
   absl_logging.set_verbosity(absl_logging.FATAL)
   logging.getLogger().setLevel(logging.CRITICAL)  # Libraries logging without absl (jax).
+  sys.unraisablehook = _without_abandoned_checkpoint_reads
+
+
+def abandoned_checkpoint_read(unraisable) -> bool:
+  """Whether an error Python could not raise (its "Exception ignored in" printout) comes
+  from the reads orbax leaves behind when a restore fails: a damaged checkpoint, already
+  reported in one line and skipped (checkpoint.Checkpoints.restore_latest)."""
+  trace = ''.join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                             unraisable.exc_traceback))
+  return ('orbax/checkpoint' in trace or
+          (unraisable.exc_type is RuntimeError and 'Event loop is closed' in trace))
+
+
+def _without_abandoned_checkpoint_reads(unraisable) -> None:
+  if not abandoned_checkpoint_read(unraisable):
+    sys.__unraisablehook__(unraisable)
 
 
 def setup_logging() -> None:

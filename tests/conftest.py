@@ -16,10 +16,44 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
     tempfile.gettempdir(), f'alexnet_jax_test_jit_cache_{os.getuid()}'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
+import functools  # pylint: disable=g-import-not-at-top,wrong-import-position
+import multiprocessing.process  # pylint: disable=g-import-not-at-top,wrong-import-position
+import subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# ---- Honest tiers: a test that starts a process is `slow` ------------------------------------
+
+_STARTED = []  # What the running test started: commands, multiprocessing targets.
+
+
+def _recording(start, what):
+  @functools.wraps(start)
+  def recorded(self, *args, **kwargs):
+    _STARTED.append(what(self, *args))
+    return start(self, *args, **kwargs)
+  return recorded
+
+
+subprocess.Popen.__init__ = _recording(
+    subprocess.Popen.__init__, lambda _, args=(), *__: ' '.join(map(str, args))[:120])
+multiprocessing.process.BaseProcess.start = _recording(
+    multiprocessing.process.BaseProcess.start, lambda p: f'a {type(p).__name__} ({p.name})')
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+  """Fails, in one line, a test not marked slow that started a process (a command, a second
+  process, input or prepare workers): `pytest -m "not slow"` stays the fast tier."""
+  _STARTED.clear()
+  result = yield
+  if _STARTED and item.get_closest_marker('slow') is None:
+    pytest.fail(f'started {_STARTED[0]!r} but is not marked slow (@pytest.mark.slow)',
+                pytrace=False)
+  return result
 
 
 @pytest.fixture(scope='session', autouse=True)

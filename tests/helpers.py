@@ -45,6 +45,16 @@ def load_config(spec: str, *overrides: str):
   return values.config
 
 
+def assert_error_counts(final: dict, examples: int) -> None:
+  """A run's final errors are what they must be: for 1 and 10 views, a count of the
+  `examples` evaluated (a multiple of 1/examples) and no more top-5 errors than top-1."""
+  for views in (1, 10):
+    top1, top5 = final[f'{views}view_top1_error'], final[f'{views}view_top5_error']
+    assert 0 <= top5 <= top1 <= 1, final
+    for error in (top1, top5):
+      assert abs(error * examples - round(error * examples)) < 1e-3, (error, examples)
+
+
 def set_fields(config, overrides: dict):
   """config with 'a.b.c'-named fields set."""
   for name, value in overrides.items():

@@ -187,3 +187,14 @@ print(json.dumps({{'bad': bad, 'skipped': meta['splits']['train']['skipped_files
   assert len(got['skipped']) == 2 and all('declares 40000x40000' in s for s in got['skipped'])
   # Past its imports, the process grew by far less than one decoded bomb (4,800 MB).
   assert got['peak_mb'] - got['imported_mb'] < 1000, got
+
+
+def test_a_run_stops_only_past_the_readmes_floor_of_bad_examples():
+  """README: more than data.max_bad_fraction of the split, and at least 10 bad examples (or
+  half of a split under 20), stop a run; fewer never do."""
+  stops = lambda bad, examples, fraction=0.001: bad > datasets.bad_example_limit(examples,
+                                                                                fraction)
+  assert not stops(9, 1_281_167 // 1000) and stops(10, 1_000)  # 0.1% of 1,000 is 1: floor 10.
+  assert not stops(1281, 1_281_167) and stops(1282, 1_281_167)  # 0.1% of ImageNet's train.
+  assert not stops(5, 11) and stops(6, 11)  # A split under 20: half of it.
+  assert not stops(9, 40, fraction=0.2) and stops(10, 40, fraction=0.2)  # The larger of two.

@@ -11,6 +11,7 @@ from alexnet_jax import datasets
 from alexnet_jax import evaluate
 from alexnet_jax import inference
 from alexnet_jax import sharding
+from alexnet_jax import weights
 import helpers
 
 
@@ -118,6 +119,24 @@ def test_evaluate_command_prints_the_table_and_writes_json(trained_run, tmp_path
   assert saved['preprocessing'][0].startswith('data: shorter side to 34, central square')
   assert f'preprocessing of {saved["models"][0]}: {saved["preprocessing"][0]}' in result.stdout
   assert saved['1view']['top1_error'] == pytest.approx(trained_run[1]['1view_top1_error'])
+  # The README's other forms, all in one ensemble: a work directory, one of its checkpoints
+  # and the same net exported as a weights file (with its config). Three copies of one net
+  # average to its own probabilities: the same errors.
+  trained = inference.load(str(trained_run[0]))
+  weights.export_state_dict(trained.net, str(tmp_path / 'net.npz'),
+                            preprocessing=trained.preprocessing)
+  step = helpers.checkpoint_steps(trained_run[0])[-1]
+  three = helpers.run_python(
+      '-m', 'alexnet_jax.evaluate', '--ensemble', str(trained_run[0]),
+      f'{trained_run[0]}/checkpoints/{step}', str(tmp_path / 'net.npz'),
+      '--config=configs/digits.py', '--config.model.width=0.125', f'--output={out}',
+      '--noprogress')
+  assert three.returncode == 0, three.stderr[-3000:]
+  assert three.stdout.startswith('3 model(s) on 359 test examples:'), three.stdout
+  saved = json.load(open(out))
+  assert saved['models'][1:] == [f'{trained_run[0]}/checkpoints/{step}', str(tmp_path / 'net.npz')]
+  for views in ('1view', '10view'):
+    assert saved[views]['top1_error'] == pytest.approx(trained_run[1][f'{views}_top1_error'])
   bad = helpers.run_python('-m', 'alexnet_jax.evaluate', f'--workdir={tmp_path}/nowhere')
   assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
       f"error: checkpoint: '{tmp_path}/nowhere' is neither a work directory (with "

@@ -80,6 +80,7 @@ def test_every_epoch_is_a_new_permutation_of_every_example():
   assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != epochs[2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('workers', [0, 2])
 def test_iterator_state_restores_the_same_batches(workers):
   config = data_config(workers=workers)
@@ -101,6 +102,7 @@ def test_iterator_state_restores_the_same_batches(workers):
     i.close()
 
 
+@pytest.mark.slow
 def test_restores_across_epoch_boundaries_and_refuses_another_stream():
   source = datasets.ArraySource(np.arange(40 * 4 * 4 * 3, dtype=np.uint32).astype(np.uint8)
                                 .reshape(40, 4, 4, 3), np.arange(40))

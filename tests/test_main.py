@@ -122,7 +122,8 @@ def test_the_cpu_recipe_for_your_own_images_runs_with_nothing_but_the_path(tmp_p
   assert result.returncode == 0 and f'resumed from step {stopped}' in result.stderr, \
       result.stderr[-3000:]
   final = json.load(open(tmp_path / 'run' / 'final_metrics.json'))
-  assert final['step'] == 12 and 0 <= final['10view_top1_error'] <= 1  # 12 epochs of 1 step.
+  assert final['step'] == 12  # 12 epochs of 1 step.
+  helpers.assert_error_counts(final, 20)  # The 20 test examples.
   trained = inference.load(str(tmp_path / 'run'))
   assert trained.classes == tuple(str(c) for c in range(10))
   assert (trained.config.model.image_size, trained.config.batch_size) == (25, 32)
@@ -137,16 +138,24 @@ def test_main_lists_the_recipes(flag):
           'layers-147.cfg (run 147: 41.06 / 18.51) | 60,965,224 |') in result.stdout
 
 
-def test_main_keeps_compiled_programs_in_the_workdir(tmp_path):
+def test_a_second_process_loads_the_train_step_from_the_workdirs_cache(tmp_path):
   """Unless JAX_COMPILATION_CACHE_DIR says otherwise, compiled programs land in
-  WORKDIR/compilation_cache, where a resumed or repeated run loads them."""
-  probe = ('import sys, jax; from alexnet_jax import main; main.cache_compilations(sys.argv[1]); '
-           'jax.jit(lambda x: x * 2)(1.0); print(jax.config.jax_compilation_cache_dir)')
+  WORKDIR/compilation_cache, and a second process running the same step loads it from there
+  (a hit counted by JAX's own cache events), compiling nothing. Where XLA:CPU rejects its own
+  cached entries on this CPU (jax-ml/jax#38445), every start recompiles: said, then skipped."""
   env = {k: v for k, v in helpers.python_env().items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  run = helpers.run_python('-c', probe, str(tmp_path), env=env, timeout=120)
-  assert run.returncode == 0, run.stderr[-2000:]
-  assert run.stdout.split() == [str(tmp_path / 'compilation_cache')]
-  assert list((tmp_path / 'compilation_cache').iterdir())  # The program, written.
+  runs = []
+  for _ in range(2):
+    run = helpers.run_python('tests/cache_worker.py', str(tmp_path), env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    runs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+  first, second = runs
+  assert first['hits'] == 0 and first['misses'] >= 1 and first['entries'] >= 1, runs
+  if second['hits'] == 0 and second['misses'] >= 1:
+    pytest.skip('the persistent compilation cache does not hit on this CPU: every training '
+                f'start recompiles its steps ({runs})')
+  assert second['hits'] >= 1 and second['misses'] == 0, runs
+  assert second['entries'] == first['entries'], runs
 
 
 def test_main_restarts_itself_with_huge_pages_unless_told_otherwise():

@@ -268,7 +268,9 @@ def test_no_cross_tower_keeps_towers_apart_until_fc8():
 
 
 @pytest.mark.parametrize('variant', sorted(alexnet_jax.RECIPES))
-def test_every_recipes_net_builds_trains_and_evaluates(variant):
+def test_every_recipes_net_builds_and_runs_in_both_modes(variant):
+  """Finite logits in evaluation; in training, other outputs (dropout), the same for the same
+  key. (Every recipe's parameter count: test_recipes; training steps: test_train.)"""
   m = alexnet_jax.create_model(small_config(variant), mesh=sharding.make_mesh(
       alexnet_jax.ModelSpec.from_config(small_config(variant)).towers))
   images = jax.random.normal(jax.random.key(0), (4, 63, 63, 3))

@@ -61,6 +61,7 @@ def test_imagenet_labels_come_from_tfds():
   assert datasets.imagenet_validation_labels()[:3] == ['n01751748', 'n09193705', 'n02105855']
 
 
+@pytest.mark.slow
 def test_prepare_ilsvrc_end_to_end(ilsvrc, tmp_path, caplog):
   out = tmp_path / 'prepared'
   meta = prepare.prepare('ilsvrc', str(ilsvrc), str(out), size=64, shard_size=2, workers=2,

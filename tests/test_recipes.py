@@ -1,6 +1,8 @@
 """The named recipes: each net is its layer file's (per-layer kernels, feature sides and
 parameter counts written out from the .cfg definitions in docs/paper.md s5.1), each recipe
 changes only fields of the one schema, and run 145's 1.1 division applies to training only."""
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from alexnet_jax import model
 from alexnet_jax import preprocess
 from alexnet_jax import recipes
 from alexnet_jax import sharding
+import helpers
 from helpers import data_config
 
 RUN_145 = {  # layer: (stacks, kernel per tower)
@@ -119,3 +122,16 @@ def test_cuda_convnet_divides_training_crops_by_1_1_and_evaluation_crops_not():
   np.testing.assert_allclose(np.asarray(step_input), host['image'], rtol=1e-6)
   # Evaluation batches stay uint8, normalized in the evaluation step, without the 1.1.
   assert next(iter(input_pipeline.create(data_config()).eval))['image'].dtype == np.uint8
+
+
+def test_the_readmes_recipe_table_is_the_recipe_list():
+  """Every recipe in README.md's table, with its parameter count as a number, and no other:
+  the counts the README promises (60,965,224 for the paper's, Caffe's and run 145's nets,
+  61,100,840 for torchvision's) are what the recipes build (test above)."""
+  readme = (helpers.REPO / 'README.md').read_text()
+  table = readme.split('\n| recipe | what it is |', 1)[1].split('\n\n', 1)[0]
+  rows = re.findall(r'^\| `(\w+)` \| .*? \| ([\d,]+) \|', table, re.MULTILINE)
+  assert {name: int(n.replace(',', '')) for name, n in rows} == {
+      r.name: r.params for r in recipes.RECIPES.values()}
+  assert recipes.get('caffe').params == recipes.get('cuda_convnet').params == 60_965_224
+  assert recipes.get('owt').params == 61_100_840

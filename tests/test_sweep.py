@@ -67,6 +67,7 @@ def test_the_paired_interval_on_known_numbers():
   assert sweep.paired_interval({0: 0.5}, base) == (pytest.approx(40.0), None, None)
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_work_stops_the_sweep_before_it_starts(tmp_path):
   result = helpers.run_python('experiments/sweep.py', f'--out={tmp_path}', '--seeds=1',
                               '--config.model.image_size=8', timeout=120)

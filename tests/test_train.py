@@ -27,8 +27,7 @@ from helpers import train_config
 def test_train_writes_metrics_checkpoints_and_plots(tmp_path):
   final = train.train_and_evaluate(train_config(), str(tmp_path))
   assert final['step'] == 6
-  for key in ('1view_top1_error', '1view_top5_error', '10view_top1_error', '10view_top5_error'):
-    assert 0 <= final[key] <= 1
+  helpers.assert_error_counts(final, 359)  # The digits' test split.
   rows = helpers.metrics_rows(tmp_path)
   assert [r['step'] for r in rows if 'val_top1_error' in r] == [3, 6]
   train_rows = [r for r in rows if 'train_loss' in r]
@@ -66,7 +65,8 @@ def test_image_folder_end_to_end(tmp_path, photo_folder):
                            'data.eval_split': 'validation', 'data.mean': 'rgb',
                            'model.num_classes': 3, 'model.fc8_per_tower': False})
   final = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert final['step'] == 6 and 0 <= final['1view_top1_error'] <= 1
+  assert final['step'] == 6
+  helpers.assert_error_counts(final, 6)  # 3 classes of 2 validation photos.
   assert inference.load(str(tmp_path / 'run')).classes == helpers.FOLDER_CLASSES
 
 
@@ -286,7 +286,7 @@ def test_bad_files_in_a_folder_are_skipped_until_too_many(tmp_path):
   (root / 'val' / 'cat' / 'garbage.jpg').write_bytes(b'\0' * 100)
   final = train.train_and_evaluate(photos_config(root), str(tmp_path / 'run'))
   named = {l.split(': ')[0].rsplit('/', 1)[1] for l in bad_lines(tmp_path / 'run')}
-  assert named and named <= set(bad)
+  assert named == set(bad)  # Every bad file was read in the run's 32 draws of 21 files.
   assert final['1view_skipped'] == 1
 
   for i in range(12):  # 15 bad of 33: mostly bad data, not a bad example.
@@ -392,6 +392,7 @@ def test_reevaluating_a_finished_run_replaces_its_final_records(small_photos, sm
 # ---- Broken input and NaN ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize('how', ['raise', 'kill'])
 def test_a_broken_input_worker_stops_the_run_in_one_line(tmp_path, monkeypatch, how):
