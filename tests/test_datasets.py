@@ -164,7 +164,7 @@ import json, re, time
 from alexnet_jax import datasets, prepare, preprocess
 # This process's own peak (VmHWM): ru_maxrss would also count the pytest process it was
 # forked from.
-peak_mb = lambda: int(re.search(r'VmHWM:\s+(\d+)', open('/proc/self/status').read())[1]) / 1024
+peak_mb = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) / 1024
 start = time.perf_counter()
 imported_mb = peak_mb()
 source = datasets.FolderSource({str(root)!r}, 'train', preprocess.Preprocessing(size=32, crop=28))

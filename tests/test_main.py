@@ -249,12 +249,16 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
   code, out = finish(start(tmp_path, '--config.num_epochs=1', '--config.checkpoint.keep=1'))
   assert code == 0, out[-3000:]
 
-  def small_disk():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Writes fail with EFBIG instead.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
-
-  code, out = finish(start(tmp_path, '--config.num_epochs=2', '--config.checkpoint.keep=1',
-                           preexec_fn=small_disk))
+  # The command, started by a Python that first limits the file size and ignores SIGXFSZ
+  # (writes then fail with EFBIG, as on a full disk): both survive its exec. Not a
+  # preexec_fn, which would fork this multithreaded process.
+  small_disk = ('import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
+                'resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); '
+                'os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
+  code, out = finish(helpers.Process(
+      '-c', small_disk, '-m', 'alexnet_jax.main', f'--workdir={tmp_path}', *helpers.MAIN_FLAGS,
+      *RUN_FLAGS, '--config.num_epochs=2', '--config.checkpoint.keep=1',
+      log=tmp_path.with_suffix('.disk.log')))
   assert code == 1
   # Our one line, on a line of its own; orbax's failed writer threads may print their own
   # tracebacks before it.

@@ -464,12 +464,12 @@ SCHEDULE_FIELDS = ('optim.base_lr', 'optim.schedule', 'optim.manual_drop_epochs'
 
 def run_145_schedule(workdir, num_epochs):
   """A one-step-per-epoch run with :cuda_convnet's whole schedule (its own epochs: 25, 51,
-  67, 72), resuming from `workdir`; per step: (step, lighting, conv1's kernel and bias before
-  and after, the rates it trained at)."""
+  67, 72), checkpointed at step 70 and at its end, resuming from `workdir`; per step: (step,
+  lighting, conv1's kernel and bias before and after, the rates it trained at)."""
   recipe = alexnet_jax.recipes.config('cuda_convnet')
   config = train_config(num_epochs=num_epochs, steps_per_epoch=1, **{
       name: recipe[name.split('.')[0]][name.split('.')[1]] for name in SCHEDULE_FIELDS},
-      **{'eval.every_epochs': 100, 'checkpoint.every_epochs': 100, 'eval.ten_views': False})
+      **{'eval.every_epochs': 100, 'checkpoint.every_epochs': 70, 'eval.ten_views': False})
   trainer = train.start(config, str(workdir))
   records, step_fn = [], trainer.train_step
   conv1 = lambda s: [np.array(s.params['conv1'][k][...]) for k in ('kernel', 'bias')]
@@ -507,7 +507,10 @@ def test_run_145s_schedule_to_its_last_epoch_and_after_a_resume(tmp_path):
     for b, a in zip(before, after):
       assert np.array_equal(b, a) == frozen, step
 
-  run_145_schedule(tmp_path / 'resumed', 70)
+  # The same run resumed from its step-70 checkpoint (its step-74 one removed).
+  shutil.copytree(tmp_path / 'straight', tmp_path / 'resumed')
+  shutil.rmtree(tmp_path / 'resumed' / 'checkpoints' / '74')
+  (tmp_path / 'resumed' / train.FINAL_METRICS).unlink()
   resumed, params = run_145_schedule(tmp_path / 'resumed', 74)
   assert [(r[0], r[1], r[4]) for r in resumed] == [r[:2] + r[4:] for r in records[70:]]
   jax.tree.map(np.testing.assert_array_equal, params, straight)
