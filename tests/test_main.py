@@ -179,68 +179,64 @@ def uninterrupted(tmp_path_factory):
   return helpers.last_checkpoint_meta(workdir)[1]['checksum']
 
 
-def test_kill_9_inside_saves_and_steps_loses_nothing(tmp_path, uninterrupted):
-  """SIGKILL to the process group (a preempted machine): twice inside a checkpoint save
-  (its files written, its folder not yet committed), once right after a training step.
-  Each restart resumes from the newest committed checkpoint and removes the half-written
-  save; the end is bit-identical to the uninterrupted run, each step logged once."""
-  epoch = STEPS_PER_EPOCH
-  # Hold the save of this step and kill, or kill right after this step's metrics line.
-  kills = [('save', 2 * epoch), ('step', 3 * epoch + 2), ('save', 5 * epoch)]
-  for kind, step in kills:
+def test_kills_and_preemptions_anywhere_lose_nothing(tmp_path, uninterrupted):
+  """One run interrupted five ways, as machines and schedulers do, each restart resuming from
+  the newest committed checkpoint:
+  - SIGKILL to the process group twice inside a checkpoint save (its files written, its
+    folder not yet committed) and once right after a training step;
+  - SIGTERM (a preemption notice) to the main process alone, and to its whole process group,
+    an input worker included: a checkpoint, one line, exit 75.
+  The half-written saves are removed, and the end is bit-identical to the uninterrupted run,
+  each step logged once (also as TensorBoard's reader sees the event files)."""
+  epoch, total = STEPS_PER_EPOCH, STEPS_PER_EPOCH * EPOCHS
+  # (what, at which step; process-group signal; input workers)
+  # A signal after a step waits for that step in metrics.jsonl: each is past every step the
+  # runs before logged (a held save lets training run on to the next save).
+  interruptions = [('sigterm', epoch + 2, False, 0), ('sigterm', 2 * epoch + 2, True, 1),
+                   ('kill in save', 4 * epoch, True, 0), ('kill after step', 5 * epoch + 2, True, 0),
+                   ('kill in save', 6 * epoch, True, 0)]
+  for what, step, group, workers in interruptions:
     committed = helpers.checkpoint_steps(tmp_path) if (tmp_path / 'checkpoints').exists() \
         else []
-    env = helpers.python_env(**{checkpoint.HOLD_SAVE_ENV: str(step)} if kind == 'save' else {})
-    proc = start(tmp_path, f'--config.num_epochs={EPOCHS}', env=env, start_new_session=True)
-    if kind == 'save':
+    held = what == 'kill in save'
+    env = helpers.python_env(**{checkpoint.HOLD_SAVE_ENV: str(step)} if held else {})
+    proc = start(tmp_path, f'--config.num_epochs={EPOCHS}', f'--config.data.workers={workers}',
+                 env=env, start_new_session=group)
+    if held:
       wait_for(lambda: f'holding the save of step {step}' in proc.output(), proc,
                f'the held save of step {step}')
     else:
       wait_for(lambda: step in helpers.train_steps_logged(tmp_path), proc, f'step {step}')
-    os.killpg(proc.pid, signal.SIGKILL)
-    finish(proc)
+    signum = signal.SIGTERM if what == 'sigterm' else signal.SIGKILL
+    if group:
+      os.killpg(proc.pid, signum)
+    else:
+      proc.popen.send_signal(signum)
+    code, out = finish(proc)
     if committed:  # The restart took the newest committed checkpoint.
-      assert f'resumed from step {committed[-1]}' in proc.output(), proc.output()[-3000:]
-    if kind == 'save':  # The held save: written, never committed.
+      assert f'resumed from step {committed[-1]}' in out, out[-3000:]
+    if held:  # The held save: written, never committed.
       assert step not in helpers.checkpoint_steps(tmp_path)
       assert helpers.unfinished_saves(tmp_path) == [step]
+    if what == 'sigterm':
+      assert code == 75, out[-3000:]
+      saved, meta = helpers.last_checkpoint_meta(tmp_path)
+      assert (f'stopped by SIGTERM at step {saved[-1]} of {total}, its checkpoint saved: run '
+              'the same command again to continue') in out.splitlines()
+      assert step <= saved[-1] < total and meta['data']['step'] == saved[-1]
 
   committed = helpers.checkpoint_steps(tmp_path)
-  assert committed[-1] == 4 * epoch  # The last held save (epoch 5) never committed.
+  assert committed[-1] == 5 * epoch  # The held save of the last step never committed.
+  # Resumed without input workers: batches depend on the step alone, not on the worker count.
   code, out = finish(start(tmp_path, f'--config.num_epochs={EPOCHS}'))
   assert code == 0 and f'resumed from step {committed[-1]}' in out, out[-3000:]
   assert not helpers.unfinished_saves(tmp_path)  # Half-written saves were cleaned up.
   steps, meta = helpers.last_checkpoint_meta(tmp_path)
-  assert steps[-1] == epoch * EPOCHS
+  assert steps[-1] == total
   assert meta['checksum'] == uninterrupted  # Bit-identical parameters and optimizer state.
-  assert helpers.train_steps_logged(tmp_path) == list(range(1, epoch * EPOCHS + 1))
-  # TensorBoard's reader too sees each step once, across the four event files.
-  assert helpers.tensorboard_steps(tmp_path, 'train/loss') == list(range(1, epoch * EPOCHS + 1))
-
-
-@pytest.mark.parametrize('workers,group', [(0, False), (1, True)],
-                         ids=['one-process', 'process-group-with-an-input-worker'])
-def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tmp_path, uninterrupted, workers,
-                                                        group):
-  """SIGTERM (a preemption notice) to the main process, or to its whole process group, input
-  workers included, as schedulers send it: a checkpoint, exit 75, an exact resume."""
-  flags = (f'--config.num_epochs={EPOCHS}', f'--config.data.workers={workers}')
-  proc = start(tmp_path, *flags, start_new_session=group)
-  wait_for(lambda: len(helpers.train_steps_logged(tmp_path)) >= 2, proc, 'step 2')
-  if group:
-    os.killpg(proc.pid, signal.SIGTERM)
-  else:
-    proc.popen.send_signal(signal.SIGTERM)
-  code, out = finish(proc)
-  assert code == 75, out[-3000:]
-  steps, meta = helpers.last_checkpoint_meta(tmp_path)
-  assert (f'stopped by SIGTERM at step {steps[-1]} of {STEPS_PER_EPOCH * EPOCHS}, its '
-          'checkpoint saved: run the same command again to continue') in out.splitlines()
-  assert 0 < steps[-1] < STEPS_PER_EPOCH * EPOCHS and meta['data']['step'] == steps[-1]
-  # Resumed without input workers: batches depend on the step alone, not on the worker count.
-  code, out = finish(start(tmp_path, f'--config.num_epochs={EPOCHS}'))
-  assert code == 0 and f'resumed from step {steps[-1]}' in out, out[-3000:]
-  assert helpers.last_checkpoint_meta(tmp_path)[1]['checksum'] == uninterrupted
+  assert helpers.train_steps_logged(tmp_path) == list(range(1, total + 1))
+  # TensorBoard's reader too sees each step once, across the event files.
+  assert helpers.tensorboard_steps(tmp_path, 'train/loss') == list(range(1, total + 1))
 
 
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
