@@ -119,9 +119,10 @@ def _reason(e: BaseException) -> str:
   while e.__cause__ is not None or e.__context__ is not None:
     e = e.__cause__ or e.__context__
   text = str(e).strip() or type(e).__name__
-  os_error = re.search(r'([^:"]+) \[os_error_code=\W*(\d+)', text)
-  if os_error:
-    return f'{os_error.group(1).strip()} (errno {os_error.group(2)})'
+  os_error = re.search(r'\[os_error_code=\W*(\d+)', text)
+  if os_error:  # Named by the OS itself: the text around the code varies with the call.
+    code = int(os_error.group(1))
+    return f'{os.strerror(code)} (errno {code})'
   text = re.sub(r' in OCDBT database at local file "[^"]*"', '', text.splitlines()[0])
   return text[:300]
 

@@ -39,7 +39,8 @@ def _recording(start, what):
 
 
 subprocess.Popen.__init__ = _recording(
-    subprocess.Popen.__init__, lambda _, args=(), *__: ' '.join(map(str, args))[:120])
+    subprocess.Popen.__init__,
+    lambda _, args=(), *__: (args if isinstance(args, str) else ' '.join(map(str, args)))[:120])
 multiprocessing.process.BaseProcess.start = _recording(
     multiprocessing.process.BaseProcess.start, lambda p: f'a {type(p).__name__} ({p.name})')
 

@@ -115,3 +115,14 @@ def test_the_commands_drop_only_the_reads_a_failed_restore_abandons():
   assert cli.abandoned_checkpoint_read(unraisable(RuntimeError('Event loop is closed')))
   assert not cli.abandoned_checkpoint_read(unraisable(RuntimeError('something of ours')))
   assert not cli.abandoned_checkpoint_read(unraisable(ValueError('Event loop is closed')))
+
+
+def test_an_os_error_inside_orbaxs_message_is_named_by_the_os():
+  """tensorstore's text before the code varies with the failing call (a full disk once read
+  "failed: true}'] (errno 27)"): the reason is the OS's own name for the code."""
+  for text in ("Error writing local file \"/c/0.tmp\": File too large [os_error_code=27] ...",
+               "UNKNOWN: {'file_io_sync': true}'] [os_error_code=27] [source locations=...]"):
+    try:
+      raise RuntimeError('orbax failed') from OSError(text)
+    except RuntimeError as e:
+      assert checkpoint._reason(e) == 'File too large (errno 27)'  # pylint: disable=protected-access

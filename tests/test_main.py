@@ -180,12 +180,13 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_kills_and_preemptions_anywhere_lose_nothing(tmp_path, uninterrupted):
-  """One run interrupted five ways, as machines and schedulers do, each restart resuming from
+  """One run interrupted six ways, as machines and schedulers do, each restart resuming from
   the newest committed checkpoint:
+  - SIGTERM (a preemption notice) to the main process alone, and to its whole process group,
+    an input worker included: a checkpoint, one line, exit 75;
   - SIGKILL to the process group twice inside a checkpoint save (its files written, its
     folder not yet committed) and once right after a training step;
-  - SIGTERM (a preemption notice) to the main process alone, and to its whole process group,
-    an input worker included: a checkpoint, one line, exit 75.
+  - a full disk while saving: one line, exit 1, the checkpoints before it kept.
   The half-written saves are removed, and the end is bit-identical to the uninterrupted run,
   each step logged once (also as TensorBoard's reader sees the event files)."""
   epoch, total = STEPS_PER_EPOCH, STEPS_PER_EPOCH * EPOCHS
@@ -227,6 +228,23 @@ def test_kills_and_preemptions_anywhere_lose_nothing(tmp_path, uninterrupted):
 
   committed = helpers.checkpoint_steps(tmp_path)
   assert committed[-1] == 5 * epoch  # The held save of the last step never committed.
+  # A full disk while saving the last step: one line, exit 1, the checkpoints before kept.
+  # (The command is started by a Python that limits the file size and ignores SIGXFSZ, so
+  # that writes fail with EFBIG as on a full disk; both survive its exec. Not a preexec_fn,
+  # which would fork this multithreaded process.)
+  small_disk = ('import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
+                'resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); '
+                'os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
+  code, out = finish(helpers.Process(
+      '-c', small_disk, '-m', 'alexnet_jax.main', f'--workdir={tmp_path}', *helpers.MAIN_FLAGS,
+      *RUN_FLAGS, f'--config.num_epochs={EPOCHS}', log=tmp_path.with_suffix('.disk.log')))
+  assert code == 1, out[-3000:]
+  # Our one line, on a line of its own; orbax's failed writer threads may print their own
+  # tracebacks before it.
+  assert (f'error: checkpoint: saving step {total} in {tmp_path}/checkpoints failed: File too '
+          'large (errno 27); the checkpoints before it are kept') in out.splitlines(), \
+      [line for line in out.splitlines() if 'error:' in line]
+  assert helpers.checkpoint_steps(tmp_path) == committed
   # Resumed without input workers: batches depend on the step alone, not on the worker count.
   code, out = finish(start(tmp_path, f'--config.num_epochs={EPOCHS}'))
   assert code == 0 and f'resumed from step {committed[-1]}' in out, out[-3000:]
@@ -237,33 +255,3 @@ def test_kills_and_preemptions_anywhere_lose_nothing(tmp_path, uninterrupted):
   assert helpers.train_steps_logged(tmp_path) == list(range(1, total + 1))
   # TensorBoard's reader too sees each step once, across the event files.
   assert helpers.tensorboard_steps(tmp_path, 'train/loss') == list(range(1, total + 1))
-
-
-def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
-  """A file-size limit below the checkpoint's size makes every write past it fail as a full
-  disk does; the run stops in one line and the checkpoint before stays usable."""
-  code, out = finish(start(tmp_path, '--config.num_epochs=1', '--config.checkpoint.keep=1'))
-  assert code == 0, out[-3000:]
-
-  # The command, started by a Python that first limits the file size and ignores SIGXFSZ
-  # (writes then fail with EFBIG, as on a full disk): both survive its exec. Not a
-  # preexec_fn, which would fork this multithreaded process.
-  small_disk = ('import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
-                'resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); '
-                'os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
-  code, out = finish(helpers.Process(
-      '-c', small_disk, '-m', 'alexnet_jax.main', f'--workdir={tmp_path}', *helpers.MAIN_FLAGS,
-      *RUN_FLAGS, '--config.num_epochs=2', '--config.checkpoint.keep=1',
-      log=tmp_path.with_suffix('.disk.log')))
-  assert code == 1
-  # Our one line, on a line of its own; orbax's failed writer threads may print their own
-  # tracebacks before it.
-  assert (f'error: checkpoint: saving step {2 * STEPS_PER_EPOCH} in {tmp_path}/checkpoints '
-          'failed: File too large (errno 27); the checkpoints before it are kept'
-          ) in out.splitlines(), [line for line in out.splitlines() if 'error:' in line]
-  assert helpers.checkpoint_steps(tmp_path) == [STEPS_PER_EPOCH]
-  code, out = finish(start(tmp_path, '--config.num_epochs=2', '--config.checkpoint.keep=1'))
-  assert code == 0 and f'resumed from step {STEPS_PER_EPOCH}' in out, out[-3000:]
-  # The newest is kept whatever the validation errors were (the best may be kept beside it).
-  assert helpers.checkpoint_steps(tmp_path)[-1] == 2 * STEPS_PER_EPOCH
-  assert not helpers.unfinished_saves(tmp_path)
