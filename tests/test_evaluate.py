@@ -121,7 +121,7 @@ def test_evaluate_command_prints_the_table_and_writes_json(trained_run, tmp_path
   assert saved['1view']['top1_error'] == pytest.approx(trained_run[1]['1view_top1_error'])
   # The README's other forms, all in one ensemble: a work directory, one of its checkpoints
   # and the same net exported as a weights file (with its config). Three copies of one net
-  # average to its own probabilities: the same errors.
+  # average to its own probabilities: the same errors. With -v 0, library lines show.
   trained = inference.load(str(trained_run[0]))
   weights.export_state_dict(trained.net, str(tmp_path / 'net.npz'),
                             preprocessing=trained.preprocessing)
@@ -130,8 +130,9 @@ def test_evaluate_command_prints_the_table_and_writes_json(trained_run, tmp_path
       '-m', 'alexnet_jax.evaluate', '--ensemble', str(trained_run[0]),
       f'{trained_run[0]}/checkpoints/{step}', str(tmp_path / 'net.npz'),
       '--config=configs/digits.py', '--config.model.width=0.125', f'--output={out}',
-      '--noprogress')
+      '--noprogress', '-v', '0')
   assert three.returncode == 0, three.stderr[-3000:]
+  assert helpers.library_lines(three.stderr), three.stderr  # -v 0: the libraries' lines too.
   assert three.stdout.startswith('3 model(s) on 359 test examples:'), three.stdout
   saved = json.load(open(out))
   assert saved['models'][1:] == [f'{trained_run[0]}/checkpoints/{step}', str(tmp_path / 'net.npz')]
