@@ -25,7 +25,7 @@ from helpers import train_config
 
 
 def test_train_writes_metrics_checkpoints_and_plots(tmp_path):
-  final = train.train_and_evaluate(train_config(), str(tmp_path))
+  final = train.train_and_evaluate(train_config(**{'eval.ten_views': True}), str(tmp_path))
   assert final['step'] == 6
   helpers.assert_error_counts(final, 359)  # The digits' test split.
   rows = helpers.metrics_rows(tmp_path)
@@ -243,7 +243,8 @@ def test_damaged_prepared_records_are_skipped_named_counted_and_resume_exactly(
     f.truncate(1000)
   helpers.damage_record(data, 'validation', 1)
 
-  final = train.train_and_evaluate(photos_config(data), str(tmp_path / 'run'))
+  final = train.train_and_evaluate(photos_config(data, **{'eval.ten_views': True}),
+                                   str(tmp_path / 'run'))
   lines = bad_lines(tmp_path / 'run')
   assert lines and len(set(lines)) == len(lines)
   # Only the damaged record (shard 1, record 1), the truncated shard's records (3, 0-3), and
