@@ -419,6 +419,8 @@ class Trainer:
     self.profiled = profile_steps(config)
     self.pending = None  # (step, metrics on the device, lr): read one step late.
     self.nonfinite_in_a_row = 0
+    # This step's evaluation, stopped by a preemption signal: the resumed run does it first.
+    self.evaluation_pending = bool(meta.get('evaluation_pending'))
     self.last_eval = (None, None)  # (step, 1-view results) of the newest evaluation.
 
   def _restore(self, state, classes):
@@ -439,13 +441,22 @@ class Trainer:
     EXIT_PREEMPTED, or 130 for Ctrl-C)."""
     try:
       with _Preemption() as preemption:
+        if self.evaluation_pending:  # A preemption stopped it last time: this step's first.
+          self.end_of_epoch(save=False)
         while self.step_count < self.total_steps:
           batch = self.next_batch(preemption)
           if batch is not None:
             self.step(batch)
             if (self.step_count % self.steps_per_epoch == 0 or
                 self.step_count == self.total_steps):
-              self.end_of_epoch()
+              try:
+                self.end_of_epoch()
+              except input_pipeline.InputError:
+                if not preemption.signalled:
+                  raise
+                # The signal reached the evaluation's input workers too (a SIGTERM to the
+                # process group): the checkpoint below leaves the evaluation to the resumed run.
+                self.evaluation_pending, batch = True, None
           # After the epoch's evaluation, so that a resumed run takes the same schedule.
           if batch is None or preemption.requested(self.step_count):
             self.record_pending()
@@ -516,10 +527,10 @@ class Trainer:
     self.record_pending()
     self.pending = (self.step_count, metrics, lr)
 
-  def end_of_epoch(self) -> None:
+  def end_of_epoch(self, save: bool = True) -> None:
     """The epoch's last metrics, its evaluation and the plateau rule (every
-    eval.every_epochs), its checkpoint (every checkpoint.every_epochs); the last epoch does
-    both."""
+    eval.every_epochs), its checkpoint (every checkpoint.every_epochs, unless `save` is False:
+    the pending evaluation of a resumed checkpoint); the last epoch does both."""
     c, step = self.config, self.step_count
     self.record_pending()
     epochs_done, last = step // self.steps_per_epoch, step == self.total_steps
@@ -534,7 +545,8 @@ class Trainer:
       self.progress.show_eval(val)
       if c.optim.schedule == 'plateau' and self.plateau.update(val['top1_error']):
         log.info('validation error stopped improving: learning rate now %g', self.plateau.lr)
-    if epochs_done % c.checkpoint.every_epochs == 0 or last:
+    self.evaluation_pending = False
+    if save and (epochs_done % c.checkpoint.every_epochs == 0 or last):
       self.save(val_error=val and val['top1_error'])
     self.timer.idle()  # Evaluation and saving are not step time.
 
@@ -549,7 +561,9 @@ class Trainer:
     self.checkpoints.save(self.step_count, self.state,
                           dict(self.meta, data=self.data.train.get_state(),
                                plateau=self.plateau.state(),
-                               bad_examples=self.bad_examples.state()), val_error=val_error)
+                               bad_examples=self.bad_examples.state(),
+                               evaluation_pending=self.evaluation_pending),
+                          val_error=val_error)
     self.saved_step = self.step_count
 
   def record_pending(self) -> None:

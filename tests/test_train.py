@@ -1,8 +1,10 @@
 """Training: the loop's outputs, the schedules inside it, resuming, transfer learning, and what
 stops a run (bad config, another net's checkpoints, broken input, NaN)."""
 import json
+import os
 import re
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from flax import nnx
 import alexnet_jax
 from alexnet_jax import checkpoint
 from alexnet_jax import datasets
+from alexnet_jax import evaluation
 from alexnet_jax import inference
 from alexnet_jax import input_pipeline
 from alexnet_jax import optim
@@ -515,3 +518,29 @@ def test_run_145s_schedule_to_its_last_epoch_and_after_a_resume(tmp_path):
   resumed, params = run_145_schedule(tmp_path / 'resumed', 74)
   assert [(r[0], r[1], r[4]) for r in resumed] == [r[:2] + r[4:] for r in records[70:]]
   jax.tree.map(np.testing.assert_array_equal, params, straight)
+
+
+def test_a_preemption_that_stops_an_evaluation_leaves_it_to_the_resumed_run(tmp_path,
+                                                                           monkeypatch):
+  """SIGTERM to the process group also stops the evaluation's input workers: a run whose
+  end-of-epoch evaluation fails so, with the signal received, saves its checkpoint and exits
+  75; the resumed run evaluates that step first, and ends as an uninterrupted run does."""
+  straight = train.train_and_evaluate(train_config(), str(tmp_path / 'straight'))
+  evaluate = evaluation.evaluate
+
+  def preempted(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # As the scheduler's signal reaches us ...
+    raise input_pipeline.InputError('data: the input pipeline failed during evaluation: '
+                                    'Worker process was terminated')  # ... and the workers.
+
+  monkeypatch.setattr(evaluation, 'evaluate', preempted)
+  with pytest.raises(SystemExit) as stopped:
+    train.train_and_evaluate(train_config(), str(tmp_path / 'run'))
+  assert stopped.value.code == train.EXIT_PREEMPTED
+  steps, meta = helpers.last_checkpoint_meta(tmp_path / 'run')
+  assert steps == [3] and meta['evaluation_pending']
+  monkeypatch.setattr(evaluation, 'evaluate', evaluate)
+  final = train.train_and_evaluate(train_config(), str(tmp_path / 'run'))
+  assert final == straight
+  validated = lambda run: [r['step'] for r in helpers.metrics_rows(run) if 'val_top1_error' in r]
+  assert validated(tmp_path / 'run') == validated(tmp_path / 'straight') == [3, 6]
