@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import csv
 import dataclasses
 import json
@@ -99,27 +100,28 @@ def against_published(config: ml_collections.ConfigDict, ablation: Ablation) -> 
   return f'like with like (same net; the figure is on {p.data})'
 
 
-def changes_something(config: ml_collections.ConfigDict, ablation: Ablation) -> bool:
-  """Whether `ablation` changes `config` at all (no PCA lighting where there is none does not)."""
-  for name, value in ablation.changes.items():
-    *sections, field = name.split('.')
-    target = config
-    for section in sections:
-      target = target[section]
-    if target[field] != value:
-      return True
-  return not ablation.changes
-
-
-def run_config(base_json: str, ablation: str, seed: int) -> ml_collections.ConfigDict:
-  """The config of one run: the sweep's config, the ablation's changes, the seed."""
-  config = ml_collections.ConfigDict(json.loads(base_json))
-  for name, value in ABLATIONS[ablation].changes.items():
+def _with_changes(config: ml_collections.ConfigDict, changes) -> ml_collections.ConfigDict:
+  """A copy of `config` with 'section.field' -> value `changes`."""
+  config = copy.deepcopy(config)
+  for name, value in changes.items():
     *sections, field = name.split('.')
     target = config
     for section in sections:
       target = target[section]
     target[field] = value
+  return config
+
+
+def changes_something(config: ml_collections.ConfigDict, ablation: Ablation) -> bool:
+  """Whether `ablation` changes `config` at all (no PCA lighting where there is none does not)."""
+  return (not ablation.changes or
+          _with_changes(config, ablation.changes).to_json() != config.to_json())
+
+
+def run_config(base_json: str, ablation: str, seed: int) -> ml_collections.ConfigDict:
+  """The config of one run: the sweep's config, the ablation's changes, the seed."""
+  config = _with_changes(ml_collections.ConfigDict(json.loads(base_json)),
+                         ABLATIONS[ablation].changes)
   config.seed = seed
   config.progress = False
   return config
